@@ -1,0 +1,160 @@
+"""Probability-flow ODE with the implicit subspace score: exact log-likelihood and bits/dim (SPEC section 3).
+
+The ODE lives in R^d; on (t_k, t_{k+1}] only the level-k network runs (`lax.switch` on the level of t).
+Its divergence splits into the network part in level-k coordinates (Hutchinson probes of dimension
+n_k, or the exact trace for small n_k) and the closed-form Gaussian pieces, which need no probe.
+"""
+import math
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from subspace_diffusion.sampling import check_cutoffs, implicit_score, lift_variance
+from subspace_diffusion.sde import SDE, _bcast
+
+# Dormand-Prince 5(4) tableau: nodes, stage weights, 5th-order weights, and 5th-minus-4th-order weights.
+_C = (0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0)
+_A = ((), (1 / 5,), (3 / 40, 9 / 40), (44 / 45, -56 / 15, 32 / 9),
+      (19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729),
+      (9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656),
+      (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84))
+_B = (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84, 0.0)
+_E = (35 / 384 - 5179 / 57600, 0.0, 500 / 1113 - 7571 / 16695, 125 / 192 - 393 / 640,
+      -2187 / 6784 + 92097 / 339200, 11 / 84 - 187 / 2100, -1 / 40)
+
+
+def _axpy(y, ks, coeffs, h):
+    """y + h sum_i c_i k_i over pytrees."""
+    def comb(y, *k):
+        return y + h * sum(c * ki for c, ki in zip(coeffs, k) if c != 0.0)
+    return jax.tree.map(comb, y, *ks)
+
+
+def odeint(fn: Callable, y0, t0: float, t1: float, rtol: float = 1e-5, atol: float = 1e-5, max_steps: int = 4096):
+    """Adaptive Dormand-Prince 5(4) solve of dy/dt = fn(y, t) from t0 to t1 (either direction) -> (y1, n_evals).
+
+    Jittable (`lax.while_loop`); error control by the RMS of err / (atol + rtol max(|y|, |y_new|)).
+    """
+    direction = 1.0 if t1 >= t0 else -1.0
+
+    def error_ratio(y, y_new, err):
+        ys, news, errs = jax.tree.leaves(y), jax.tree.leaves(y_new), jax.tree.leaves(err)
+        total = sum(jnp.sum((e / (atol + rtol * jnp.maximum(jnp.abs(a), jnp.abs(b)))) ** 2)
+                    for a, b, e in zip(ys, news, errs))
+        return jnp.sqrt(total / sum(e.size for e in errs))
+
+    def step(state):
+        t, y, h, k1, n_evals, n_steps = state
+        h = direction * jnp.minimum(jnp.abs(h), jnp.abs(t1 - t))
+        ks = [k1]
+        for i in range(1, 7):
+            ks.append(fn(_axpy(y, ks, _A[i], h), t + _C[i] * h))
+        y_new = _axpy(y, ks, _B, h)
+        err = jax.tree.map(lambda *k: h * sum(e * ki for e, ki in zip(_E, k) if e != 0.0), *ks)
+        ratio = error_ratio(y, y_new, err)
+        accept = ratio <= 1.0
+        factor = jnp.clip(0.9 * jnp.maximum(ratio, 1e-10) ** -0.2, 0.2, 10.0)
+        pick = lambda a, b: jax.tree.map(lambda u, v: jnp.where(accept, u, v), a, b)
+        return (jnp.where(accept, t + h, t), pick(y_new, y), h * factor, pick(ks[6], k1),
+                n_evals + 6, n_steps + 1)
+
+    def not_done(state):
+        t, _, _, _, _, n_steps = state
+        return (direction * (t1 - t) > 1e-9 * max(abs(t1), abs(t0), 1.0)) & (n_steps < max_steps)
+
+    h0 = direction * 1e-2 * abs(t1 - t0)
+    dtype = jax.tree.leaves(y0)[0].dtype
+    init = (jnp.asarray(t0, dtype), y0, jnp.asarray(h0, dtype), fn(y0, jnp.asarray(t0, dtype)), 1, 0)
+    t, y, _, _, n_evals, _ = jax.lax.while_loop(not_done, step, init)
+    return y, n_evals
+
+
+def _divergence(fn, x, probe, trace):
+    """(fn(x), div fn(x)) per example for fn: (B, ...) -> (B, ...); Hutchinson with `probe`, exact, or 'none'."""
+    axes = tuple(range(1, x.ndim))
+    if trace == 'none':
+        return fn(x), jnp.zeros(x.shape[0], x.dtype)
+    if trace == 'exact':
+        n = math.prod(x.shape[1:])
+        basis = jnp.eye(n, dtype=x.dtype).reshape((n, 1) + x.shape[1:])
+        out = fn(x)
+        cols = jax.vmap(lambda e: jax.jvp(fn, (x,), (jnp.broadcast_to(e, x.shape),))[1])(basis)
+        diag = jnp.einsum('nb...,n...->nb', cols.reshape((n, x.shape[0], n)), basis.reshape(n, n))
+        return out, jnp.sum(diag, axis=0)
+    out, jv = jax.jvp(fn, (x,), (probe,))
+    return out, jnp.sum(jv * probe, axis=axes)
+
+
+def ode_drift_and_div(sde: SDE, chain, stats, level_scores: Sequence[Callable], cutoffs, probes, trace):
+    """Returns f(y, t) for y = (x (B, *shape0), logp (B,)): probability-flow drift and its divergence."""
+    K = len(cutoffs)
+    cutoffs = jnp.asarray(cutoffs, jnp.float32)
+
+    def branch(k):
+        def f(x, t):
+            vt = jnp.full((x.shape[0],), t)
+            xk = chain.down(x, k) if k else x
+            sk, div_k = _divergence(lambda z: level_scores[k](z, vt), xk, probes[k], trace)
+            score = chain.up(sk, k) if k else sk
+            div = div_k
+            if k:
+                score = implicit_score(sde, chain, stats, lambda z, tt: sk, k)(x, vt)
+                div = div_k - sum(chain.piece_dim(j) / lift_variance(sde, stats, j, t) for j in range(1, k + 1))
+            drift = sde.reverse_drift(x, vt, score, prob_flow=True)
+            n = math.prod(x.shape[1:])
+            return drift, n * sde.f(t) - 0.5 * sde.g2(t) * div
+        return f
+
+    branches = [branch(k) for k in range(K + 1)]
+
+    def f(y, t):
+        x, _ = y
+        if K == 0:
+            return branches[0](x, t)
+        return jax.lax.switch(jnp.sum(t > cutoffs), branches, x, t)
+
+    return f
+
+
+def log_likelihood(key, x, sde: SDE, level_scores: Sequence[Callable], chain=None, stats=None, cutoffs=(),
+                   trace: str = 'rademacher', eps: float = None, rtol: float = 1e-5, atol: float = 1e-5):
+    """(log p(x) in model space (nats, (B,)), x_T (B, ...), solver NFE) by the probability-flow ODE from eps to T."""
+    if trace not in ('rademacher', 'gaussian', 'exact'):
+        raise ValueError(f"trace must be 'rademacher', 'gaussian' or 'exact', got {trace!r}")
+    K = chain.num_levels if chain is not None else 0
+    cutoffs = check_cutoffs(cutoffs, K, sde.T)
+    if K:
+        stats.check(chain)
+    shapes = chain.shapes if chain is not None else (x.shape[1:],)
+    keys = jax.random.split(key, K + 1)
+    draw = {'rademacher': lambda k, s: jax.random.rademacher(k, s, x.dtype),
+            'gaussian': lambda k, s: jax.random.normal(k, s, x.dtype),
+            'exact': lambda k, s: None}[trace]
+    probes = [draw(keys[k], (x.shape[0],) + tuple(shapes[k])) for k in range(K + 1)]
+    fn = ode_drift_and_div(sde, chain, stats, level_scores, cutoffs, probes, trace)
+    eps = sde.default_eps if eps is None else eps
+    (z, delta), n_evals = odeint(fn, (x, jnp.zeros(x.shape[0], x.dtype)), eps, sde.T, rtol, atol)
+    return sde.prior_logp(z) + delta, z, n_evals
+
+
+def ode_sample(key, batch_size, sde: SDE, level_scores, shape, chain=None, stats=None, cutoffs=(), eps=None,
+               rtol=1e-5, atol=1e-5):
+    """Samples (B, *shape) by integrating the probability-flow ODE from the prior at T down to eps."""
+    K = chain.num_levels if chain is not None else 0
+    cutoffs = check_cutoffs(cutoffs, K, sde.T)
+    fn = ode_drift_and_div(sde, chain, stats, level_scores, cutoffs, [None] * (K + 1), 'none')
+    x = sde.prior_sample(key, (batch_size,) + tuple(shape))
+    eps = sde.default_eps if eps is None else eps
+    (x, _), n_evals = odeint(fn, (x, jnp.zeros(batch_size)), sde.T, eps, rtol, atol)
+    return x, n_evals
+
+
+def bits_per_dim(logp, dim: int, centered: bool):
+    """Bits/dim on the 8-bit scale from model-space log p (nats): -logp / (d ln 2) + 8 ([0,1]) or + 7 ([-1,1])."""
+    return -logp / (dim * math.log(2)) + (7.0 if centered else 8.0)
+
+
+def dequantize(key, x01):
+    """Uniform dequantisation of [0,1] images with 256 levels: (255 x + u) / 256, u ~ U[0, 1)."""
+    return (jnp.round(x01 * 255) + jax.random.uniform(key, x01.shape, x01.dtype)) / 256

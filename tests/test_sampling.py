@@ -1,0 +1,119 @@
+"""The multi-level sampler on the exactly solvable Gaussian case (SPEC section 5).
+
+Tolerance: 20,000 samples of a 16-d Gaussian whose entries have variance <= 0.5 give a Monte-Carlo
+relative Frobenius error of the empirical covariance of about 0.02-0.03 (measured: 0.03 for the
+full-space sampler with 200 steps, where the discretisation error is of the same order). We require
+the subspace sampler to be within max(1.3 x, +0.02) of the full-space sampler's error and under 0.07
+absolute. A lift with the wrong variance (sigma^2 only) gives 0.11-0.55 on the same samples.
+"""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gaussian_case import make_case
+from subspace_diffusion.sampling import SamplerConfig, effective_nfe, make_sampler, pc_sample, split_grid
+from subspace_diffusion.sde import SDE
+from subspace_diffusion.subspaces import PoolingChain, fit_pca_chain
+
+N_SAMPLES = 20_000
+CUTOFFS = {1: (0.1,), 2: (0.1, 0.2)}
+
+
+def _cfg(kind):
+    # VE: reverse diffusion + Langevin (score-SDE's VE choice); VP/sub-VP: Euler-Maruyama, no corrector.
+    if kind == 've':
+        return SamplerConfig(num_steps=200, predictor='reverse_diffusion', corrector='langevin', snr=0.16)
+    return SamplerConfig(num_steps=200, predictor='euler_maruyama', corrector='none')
+
+
+def _errors(case, x):
+    x = np.asarray(x, np.float64).reshape(x.shape[0], -1)
+    cov = np.cov(x.T)
+    return (np.abs(x.mean(0) - case.m).max(),
+            np.linalg.norm(cov - case.cov) / np.linalg.norm(case.cov))
+
+
+def _run(sde, case, cfg, chain=None, stats=None, cutoffs=()):
+    K = chain.num_levels if chain else 0
+    fns = [case.level_score(sde, k) for k in range(K + 1)]
+    f = jax.jit(lambda key: pc_sample(key, N_SAMPLES, sde, fns, cfg, chain, stats, cutoffs,
+                                      shape=case.chain.shapes[0])[0])
+    return _errors(case, f(jax.random.PRNGKey(0)))
+
+
+def _pca_chain():
+    rng = np.random.default_rng(3)
+    q = np.linalg.qr(rng.normal(size=(16, 16)))[0]
+    return fit_pca_chain(rng.normal(size=(400, 16)) * np.linspace(3, 0.5, 16) @ q.T, [8, 2])
+
+
+@functools.lru_cache(maxsize=None)
+def _full_errors(kind, chain_name):
+    sde = SDE(kind)
+    case = _case(chain_name, 2 if chain_name != 'pooling1' else 1)
+    return _run(sde, case, _cfg(kind))
+
+
+def _case(chain_name, levels):
+    chain = _pca_chain() if chain_name == 'pca' else PoolingChain((4, 4, 1), levels)
+    return make_case(chain, [0.3, 0.6][:levels])
+
+
+@pytest.mark.parametrize('kind,chain_name', [('ve', 'pooling1'), ('ve', 'pooling2'), ('vp', 'pooling2'),
+                                             ('subvp', 'pooling1'), ('vp', 'pca'), ('ve', 'pca')])
+def test_subspace_sampler_matches_full_sampler(kind, chain_name):
+    levels = 1 if chain_name == 'pooling1' else 2
+    sde, case = SDE(kind), _case(chain_name, levels)
+    full_mean, full_cov = _full_errors(kind, chain_name)
+    mean_err, cov_err = _run(sde, case, _cfg(kind), case.chain, case.stats(), CUTOFFS[levels])
+    assert full_cov < 0.07 and full_mean < 0.03
+    assert cov_err < max(1.3 * full_cov, full_cov + 0.02) and cov_err < 0.07
+    assert mean_err < max(1.3 * full_mean, full_mean + 0.01)
+
+
+@pytest.mark.parametrize('kind', ['ve', 'vp'])
+def test_wrong_lift_variance_is_caught(kind):
+    # sigma_perp = 0 makes v_k(t) = sigma(t)^2: the alpha^2 sigma_perp^2 term of the lift is missing.
+    sde, case = SDE(kind), _case('pooling2', 2)
+    _, cov_err = _run(sde, case, _cfg(kind), case.chain, case.stats(sigma_perp=[0.0, 0.0]), CUTOFFS[2])
+    assert cov_err > 0.1
+
+
+def test_conditional_langevin_keeps_the_distribution():
+    sde, case = SDE('ve'), _case('pooling2', 2)
+    cfg = SamplerConfig(num_steps=200, cond_langevin_steps=3, cond_snr=0.22)
+    mean_err, cov_err = _run(sde, case, cfg, case.chain, case.stats(), CUTOFFS[2])
+    assert cov_err < 0.07 and mean_err < 0.03
+
+
+def test_zero_levels_is_the_full_sampler_and_nfe():
+    sde, case = SDE('ve'), _case('pooling2', 2)
+    cfg = SamplerConfig(num_steps=20)
+    fn = [case.level_score(sde, 0)]
+    x1, nfe_full = pc_sample(jax.random.PRNGKey(1), 8, sde, fn, cfg, shape=(4, 4, 1))
+    sample, nfe = make_sampler(sde, cfg, lambda p: [case.level_score(sde, 0)], shape=(4, 4, 1))
+    np.testing.assert_allclose(sample(None, jax.random.PRNGKey(1), 8), x1, atol=1e-5)
+    # predictor N-1 + corrector N + denoise 1 network calls, each of cost 1
+    assert nfe == nfe_full == 19 + 20 + 1
+    grid, spans = split_grid(20, sde.default_eps, 1.0, (0.3, 0.6))
+    sub_nfe = effective_nfe(cfg, case.chain, spans)
+    # levels cost 1, 1/4, 1/16 of a full call
+    n = {k: b - a for k, (a, b) in spans.items()}
+    assert sub_nfe == pytest.approx(2 * n[2] / 16 + 2 * n[1] / 4 + 2 * n[0] - 1 + 1)
+    # deterministic for a seed
+    np.testing.assert_array_equal(sample(None, jax.random.PRNGKey(1), 8), sample(None, jax.random.PRNGKey(1), 8))
+
+
+def test_bad_cutoffs_and_config():
+    sde, case = SDE('ve'), _case('pooling2', 2)
+    fns = [case.level_score(sde, k) for k in range(3)]
+    cfg = SamplerConfig(num_steps=20)
+    for cutoffs, msg in [((0.6, 0.3), 'increasing'), ((0.3, 1.2), 'inside'), ((0.3,), 'one cutoff time per level'),
+                         ((0.999, 0.9999), 'no grid point')]:
+        with pytest.raises(ValueError, match=msg):
+            pc_sample(jax.random.PRNGKey(0), 4, sde, fns, cfg, case.chain, case.stats(), cutoffs)
+    with pytest.raises(ValueError, match='predictor'):
+        SamplerConfig(predictor='heun')
