@@ -101,23 +101,30 @@ def _max_levels(h, w, factor):
 
 
 class PoolingChain(Chain):
-    """Image pooling chain: D(x) = 2 avgpool_2x2(x), U(y) = repeat_2x2(y) / 2 (the paper's choice)."""
+    """Image pooling chain: D(x) = s avgpool_sxs(x), U(y) = repeat_sxs(y) / s; s = 2 is the paper's choice."""
 
     kind = 'pooling'
 
-    def __init__(self, image_shape, levels: int):
-        _check_image_levels(image_shape, levels, 2, 'pooling')
+    def __init__(self, image_shape, levels: int, factor: int = 2):
+        _check_image_levels(image_shape, levels, factor, 'pooling')
         h, w, c = image_shape
-        self.shapes = tuple((h // 2 ** k, w // 2 ** k, c) for k in range(levels + 1))
+        self.factor = factor
+        self.shapes = tuple((h // factor ** k, w // factor ** k, c) for k in range(levels + 1))
 
     def down1(self, x, k):
-        """2 avgpool_2x2: (B, h, w, C) -> (B, h/2, w/2, C)."""
+        """s avgpool_sxs: (B, h, w, C) -> (B, h/s, w/s, C)."""
         b, h, w, c = x.shape
-        return x.reshape(b, h // 2, 2, w // 2, 2, c).sum(axis=(2, 4)) / 2
+        s = self.factor
+        return x.reshape(b, h // s, s, w // s, s, c).sum(axis=(2, 4)) / s
 
     def up1(self, y, k):
-        """repeat_2x2 / 2: (B, h, w, C) -> (B, 2h, 2w, C)."""
-        return jnp.repeat(jnp.repeat(y, 2, axis=1), 2, axis=2) / 2
+        """repeat_sxs / s: (B, h, w, C) -> (B, s h, s w, C)."""
+        s = self.factor
+        return jnp.repeat(jnp.repeat(y, s, axis=1), s, axis=2) / s
+
+    def signature(self) -> dict:
+        """Kind, factor and level shapes."""
+        return {**super().signature(), 'factor': self.factor}
 
 
 class PatchChain(Chain):
@@ -215,9 +222,9 @@ def fit_patch_pca_chain(data, levels: int, patch: int = 2) -> PatchChain:
 
 
 def make_chain(kind: str, image_shape, levels: int, data=None, patch: int = 2) -> Chain:
-    """Build a chain by kind: 'pooling' (no data), 'pca' or 'patch_pca' (fitted from data (N, *shape))."""
+    """Build a chain by kind: 'pooling' by `patch` (no data), 'pca' or 'patch_pca' (fitted from data (N, *shape))."""
     if kind == 'pooling':
-        return PoolingChain(image_shape, levels)
+        return PoolingChain(image_shape, levels, patch)
     if kind not in ('pca', 'patch_pca'):
         raise ValueError(f"subspace.kind must be 'pooling', 'pca' or 'patch_pca', got {kind!r}")
     if data is None:

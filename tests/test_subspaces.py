@@ -24,13 +24,14 @@ def _chains():
     q = np.linalg.qr(rng.normal(size=(12, 12)))[0]
     return {
         'pooling': PoolingChain((8, 8, 2), 2),
+        'pooling_by_4': PoolingChain((8, 8, 2), 1, factor=4),
         'patch_pca': fit_patch_pca_chain(imgs, 2),
         'pca': fit_pca_chain(imgs, [32, 8]),
         'matrix': MatrixChain((12,), [q[:, :6], np.eye(6)[:, :2]]),
     }
 
 
-@pytest.mark.parametrize('name', ['pooling', 'patch_pca', 'pca', 'matrix'])
+@pytest.mark.parametrize('name', ['pooling', 'pooling_by_4', 'patch_pca', 'pca', 'matrix'])
 def test_operator_identities(name):
     chain = _chains()[name]
     us = [dense_basis(chain, k) for k in range(chain.num_levels + 1)]

@@ -1,0 +1,271 @@
+"""Building blocks of NCSN++ / DDPM++ (score-SDE family) in Flax linen, NHWC float32."""
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def default_init(scale=1.0):
+    """Fan-average uniform variance scaling; scale 0 maps to 1e-10 so zero-init layers stay trainable."""
+    return nn.initializers.variance_scaling(1e-10 if scale == 0 else scale, "fan_avg", "uniform")
+
+
+def group_norm(channels):
+    """GroupNorm with min(C // 4, 32) groups, as in score-SDE."""
+    return nn.GroupNorm(num_groups=min(channels // 4, 32), epsilon=1e-6)
+
+
+def conv(x, out_ch, size=3, stride=1, init_scale=1.0, padding="SAME"):
+    """(B,H,W,C) -> (B,H',W',out_ch) convolution with score-SDE init and zero bias."""
+    return nn.Conv(out_ch, (size, size), strides=(stride, stride), padding=padding,
+                   kernel_init=default_init(init_scale))(x)
+
+
+# ----------------------------------------------------------------------------- FIR resampling
+
+
+def setup_kernel(k):
+    """1-D or 2-D taps -> normalised 2-D FIR kernel (sums to 1), float32 numpy array."""
+    k = np.asarray(k, dtype=np.float32)
+    if k.ndim == 1:
+        k = np.outer(k, k)
+    return k / k.sum()
+
+
+def upfirdn2d(x, k, up=1, down=1, pad=(0, 0)):
+    """(B,H,W,C) -> zero-insert by `up`, pad, true-convolve with 2-D k per channel, keep every `down`."""
+    c = x.shape[-1]
+    kh, kw = k.shape
+    # lax.conv is a correlation: flip to get a convolution; depthwise via feature groups.
+    w = jnp.tile(jnp.asarray(k[::-1, ::-1])[:, :, None, None], (1, 1, 1, c))
+    # lhs dilation yields (H-1)*up+1 samples; upfirdn keeps up-1 trailing zeros, hence the extra pad.
+    pads = [(pad[0], pad[1] + up - 1)] * 2
+    return jax.lax.conv_general_dilated(
+        x, w.astype(x.dtype), window_strides=(down, down), padding=pads, lhs_dilation=(up, up),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=c)
+
+
+def upsample_2d(x, k, factor=2, gain=1.0):
+    """(B,H,W,C) -> (B,fH,fW,C) FIR upsampling; the kernel is scaled by gain * factor^2."""
+    k = setup_kernel(k) * (gain * factor ** 2)
+    p = k.shape[0] - factor
+    return upfirdn2d(x, k, up=factor, pad=((p + 1) // 2 + factor - 1, p // 2))
+
+
+def downsample_2d(x, k, factor=2, gain=1.0):
+    """(B,H,W,C) -> (B,H/f,W/f,C) FIR downsampling; the kernel is scaled by gain."""
+    k = setup_kernel(k) * gain
+    p = k.shape[0] - factor
+    return upfirdn2d(x, k, down=factor, pad=((p + 1) // 2, p // 2))
+
+
+def naive_upsample_2d(x, factor=2):
+    """(B,H,W,C) -> (B,fH,fW,C) nearest-neighbour upsampling."""
+    return jnp.repeat(jnp.repeat(x, factor, axis=1), factor, axis=2)
+
+
+def naive_downsample_2d(x, factor=2):
+    """(B,H,W,C) -> (B,H/f,W/f,C) block mean."""
+    b, h, w, c = x.shape
+    return x.reshape(b, h // factor, factor, w // factor, factor, c).mean(axis=(2, 4))
+
+
+class FIRConv(nn.Module):
+    """Conv fused with FIR up- or down-sampling (StyleGAN2 style): (B,H,W,C) -> (B,H',W',out_ch)."""
+    out_ch: int
+    kernel: int = 3
+    up: bool = False
+    down: bool = False
+    fir_kernel: tuple = (1, 3, 3, 1)
+    init_scale: float = 1.0
+
+    @nn.compact
+    def __call__(self, x):
+        """(B,H,W,C) -> (B,2H|H/2|H,.,out_ch)."""
+        w = self.param("kernel", default_init(self.init_scale),
+                       (self.kernel, self.kernel, x.shape[-1], self.out_ch))
+        b = self.param("bias", nn.initializers.zeros, (self.out_ch,))
+        dn = ("NHWC", "HWIO", "NHWC")
+        kw = self.kernel
+        if self.up:
+            k = setup_kernel(self.fir_kernel) * 4
+            p = (k.shape[0] - 2) - (kw - 1)
+            x = jax.lax.conv_general_dilated(x, w, (1, 1), [(kw - 1, kw - 1)] * 2,
+                                             lhs_dilation=(2, 2), dimension_numbers=dn)
+            x = upfirdn2d(x, k, pad=((p + 1) // 2 + 1, p // 2 + 1))
+        elif self.down:
+            k = setup_kernel(self.fir_kernel)
+            p = (k.shape[0] - 2) + (kw - 1)
+            x = upfirdn2d(x, k, pad=((p + 1) // 2, p // 2))
+            x = jax.lax.conv_general_dilated(x, w, (2, 2), "VALID", dimension_numbers=dn)
+        else:
+            x = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=dn)
+        return x + b
+
+
+# ----------------------------------------------------------------------------- embeddings
+
+
+class GaussianFourierProjection(nn.Module):
+    """Random Fourier features of a scalar: (B,) -> (B, 2*embedding_size); W is a frozen parameter."""
+    embedding_size: int = 256
+    scale: float = 1.0
+
+    @nn.compact
+    def __call__(self, x):
+        """(B,) -> (B, 2*embedding_size)."""
+        w = self.param("W", nn.initializers.normal(stddev=self.scale), (self.embedding_size,))
+        w = jax.lax.stop_gradient(w)
+        proj = x[:, None] * w[None, :] * 2 * np.pi
+        return jnp.concatenate([jnp.sin(proj), jnp.cos(proj)], axis=-1)
+
+
+def timestep_embedding(t, dim, max_positions=10000):
+    """Sinusoidal embedding (B,) -> (B, dim), as in DDPM."""
+    half = dim // 2
+    freqs = jnp.exp(jnp.arange(half, dtype=jnp.float32) * -(math.log(max_positions) / (half - 1)))
+    args = t.astype(jnp.float32)[:, None] * freqs[None, :]
+    emb = jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=1)
+    return jnp.pad(emb, [[0, 0], [0, dim % 2]])
+
+
+# ----------------------------------------------------------------------------- blocks
+
+
+class NIN(nn.Module):
+    """Per-pixel linear map (B,H,W,C) -> (B,H,W,num_units)."""
+    num_units: int
+    init_scale: float = 0.1
+
+    @nn.compact
+    def __call__(self, x):
+        """(B,H,W,C) -> (B,H,W,num_units)."""
+        return nn.Dense(self.num_units, kernel_init=default_init(self.init_scale))(x)
+
+
+class Combine(nn.Module):
+    """Merge an input-pyramid image x into features y: 1x1 conv of x, then 'cat' or 'sum'."""
+    method: str = "cat"
+
+    @nn.compact
+    def __call__(self, x, y):
+        """x (B,H,W,Cx), y (B,H,W,Cy) -> (B,H,W,Cy or 2Cy)."""
+        h = conv(x, y.shape[-1], size=1)
+        return jnp.concatenate([h, y], axis=-1) if self.method == "cat" else h + y
+
+
+class AttnBlock(nn.Module):
+    """Single-head self-attention over all pixels with residual: (B,H,W,C) -> (B,H,W,C)."""
+    skip_rescale: bool = False
+    init_scale: float = 0.0
+
+    @nn.compact
+    def __call__(self, x):
+        """(B,H,W,C) -> (B,H,W,C)."""
+        b, h, w, c = x.shape
+        hn = group_norm(c)(x)
+        q, k, v = NIN(c)(hn), NIN(c)(hn), NIN(c)(hn)
+        logits = jnp.einsum("bhwc,bHWc->bhwHW", q, k) * (c ** -0.5)
+        attn = jax.nn.softmax(logits.reshape(b, h, w, h * w), axis=-1).reshape(b, h, w, h, w)
+        out = NIN(c, init_scale=self.init_scale)(jnp.einsum("bhwHW,bHWc->bhwc", attn, v))
+        return (x + out) / np.sqrt(2.0) if self.skip_rescale else x + out
+
+
+class Upsample(nn.Module):
+    """2x upsampling, optionally FIR and/or with a learned conv: (B,H,W,C) -> (B,2H,2W,out_ch)."""
+    out_ch: int = None
+    with_conv: bool = False
+    fir: bool = False
+    fir_kernel: tuple = (1, 3, 3, 1)
+
+    @nn.compact
+    def __call__(self, x):
+        """(B,H,W,C) -> (B,2H,2W,out_ch or C)."""
+        out_ch = self.out_ch or x.shape[-1]
+        if not self.fir:
+            h = naive_upsample_2d(x)
+            return conv(h, out_ch) if self.with_conv else h
+        if not self.with_conv:
+            return upsample_2d(x, self.fir_kernel)
+        return FIRConv(out_ch, up=True, fir_kernel=tuple(self.fir_kernel))(x)
+
+
+class Downsample(nn.Module):
+    """2x downsampling, optionally FIR and/or with a learned conv: (B,H,W,C) -> (B,H/2,W/2,out_ch)."""
+    out_ch: int = None
+    with_conv: bool = False
+    fir: bool = False
+    fir_kernel: tuple = (1, 3, 3, 1)
+
+    @nn.compact
+    def __call__(self, x):
+        """(B,H,W,C) -> (B,H/2,W/2,out_ch or C)."""
+        out_ch = self.out_ch or x.shape[-1]
+        if not self.fir:
+            if self.with_conv:
+                # Pad right/bottom only, matching score-SDE's stride-2 conv alignment.
+                x = jnp.pad(x, [[0, 0], [0, 1], [0, 1], [0, 0]])
+                return conv(x, out_ch, stride=2, padding="VALID")
+            return naive_downsample_2d(x)
+        if not self.with_conv:
+            return downsample_2d(x, self.fir_kernel)
+        return FIRConv(out_ch, down=True, fir_kernel=tuple(self.fir_kernel))(x)
+
+
+class ResnetBlockDDPM(nn.Module):
+    """DDPM++ residual block with time embedding: (B,H,W,C), (B,E) -> (B,H,W,out_ch)."""
+    out_ch: int = None
+    dropout: float = 0.1
+    skip_rescale: bool = False
+    init_scale: float = 0.0
+
+    @nn.compact
+    def __call__(self, x, temb=None, train=True):
+        """(B,H,W,C), (B,E) -> (B,H,W,out_ch)."""
+        c = x.shape[-1]
+        out_ch = self.out_ch or c
+        h = conv(nn.swish(group_norm(c)(x)), out_ch)
+        if temb is not None:
+            h += nn.Dense(out_ch, kernel_init=default_init())(nn.swish(temb))[:, None, None, :]
+        h = nn.swish(group_norm(out_ch)(h))
+        h = nn.Dropout(self.dropout)(h, deterministic=not train)
+        h = conv(h, out_ch, init_scale=self.init_scale)
+        if c != out_ch:
+            x = NIN(out_ch)(x)
+        return (x + h) / np.sqrt(2.0) if self.skip_rescale else x + h
+
+
+class ResnetBlockBigGAN(nn.Module):
+    """BigGAN residual block, optionally resampling by 2: (B,H,W,C), (B,E) -> (B,H',W',out_ch)."""
+    out_ch: int = None
+    up: bool = False
+    down: bool = False
+    dropout: float = 0.1
+    fir: bool = False
+    fir_kernel: tuple = (1, 3, 3, 1)
+    skip_rescale: bool = True
+    init_scale: float = 0.0
+
+    @nn.compact
+    def __call__(self, x, temb=None, train=True):
+        """(B,H,W,C), (B,E) -> (B,H',W',out_ch)."""
+        c = x.shape[-1]
+        out_ch = self.out_ch or c
+        h = nn.swish(group_norm(c)(x))
+        if self.up:
+            resample = (lambda z: upsample_2d(z, self.fir_kernel)) if self.fir else naive_upsample_2d
+        elif self.down:
+            resample = (lambda z: downsample_2d(z, self.fir_kernel)) if self.fir else naive_downsample_2d
+        if self.up or self.down:
+            h, x = resample(h), resample(x)
+        h = conv(h, out_ch)
+        if temb is not None:
+            h += nn.Dense(out_ch, kernel_init=default_init())(nn.swish(temb))[:, None, None, :]
+        h = nn.swish(group_norm(out_ch)(h))
+        h = nn.Dropout(self.dropout)(h, deterministic=not train)
+        h = conv(h, out_ch, init_scale=self.init_scale)
+        if c != out_ch or self.up or self.down:
+            x = conv(x, out_ch, size=1)
+        return (x + h) / np.sqrt(2.0) if self.skip_rescale else x + h

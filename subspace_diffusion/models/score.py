@@ -1,0 +1,53 @@
+"""Network -> score conversion with score-SDE's continuous-time conventions.
+
+VE: the network is fed labels sigma(t) (NCSN++ takes log sigma inside its Fourier embedding)
+and, with model.scale_by_sigma, already divides its output by sigma, so the output is the
+score. VP / sub-VP: labels are 999 t and the score is -output / sigma(t).
+"""
+import jax.numpy as jnp
+
+from subspace_diffusion.models.ncsnpp import NCSNpp
+
+_MODELS = {"ncsnpp": NCSNpp, "ddpmpp": NCSNpp}
+
+
+def create_model(config):
+    """Build the linen module named by config.model.name (DDPM++ is NCSN++ configured)."""
+    name = config.model.name.lower()
+    if name not in _MODELS:
+        raise ValueError(f"config.model.name={name!r} is not one of {tuple(_MODELS)}")
+    return _MODELS[name](config=config)
+
+
+def init_params(model, key, config, resolution=None, batch=1):
+    """Initialise variables with a (batch, r, r, C) dummy input, r = data.image_size by default."""
+    r = resolution or config.data.image_size
+    x = jnp.zeros((batch, r, r, config.data.num_channels), jnp.float32)
+    t = jnp.ones((batch,), jnp.float32)
+    return model.init({"params": key, "dropout": key}, x, t, train=False)
+
+
+def get_model_fn(model, params, train=False, dropout_rng=None):
+    """Return f(x (B,H,W,C), labels (B,)) -> (B,H,W,C) raw network output."""
+    variables = params if "params" in params else {"params": params}
+
+    def model_fn(x, labels):
+        rngs = {"dropout": dropout_rng} if train and dropout_rng is not None else {}
+        return model.apply(variables, x, labels, train=train, rngs=rngs)
+
+    return model_fn
+
+
+def get_score_fn(model, sde, params, train=False, dropout_rng=None):
+    """Return score(x (B,H,W,C), t (B,)) -> (B,H,W,C) for the given SDE; jit/scan friendly."""
+    model_fn = get_model_fn(model, params, train=train, dropout_rng=dropout_rng)
+
+    if sde.kind == "ve":
+        def score_fn(x, t):
+            return model_fn(x, sde.sigma(t))
+    else:
+        def score_fn(x, t):
+            out = model_fn(x, t * 999.0)
+            return -out / sde.sigma(t).reshape((x.shape[0],) + (1,) * (x.ndim - 1))
+
+    return score_fn

@@ -1,0 +1,183 @@
+"""Tests of the input pipeline: real offline data, scaler, augmentation, sharding, resume, errors."""
+import itertools
+import os
+import subprocess
+import sys
+
+import ml_collections
+import numpy as np
+import pytest
+from PIL import Image
+
+from subspace_diffusion import data
+
+
+def _config(dataset='digits', image_size=16, num_channels=1, **kw):
+    cfg = ml_collections.ConfigDict()
+    cfg.data = ml_collections.ConfigDict(dict(
+            dataset=dataset, image_size=image_size, num_channels=num_channels, random_flip=False,
+            uniform_dequantization=False, centered=False, data_dir='', tfds_data_dir=''))
+    cfg.data.update(kw)
+    return cfg
+
+
+def _all(it):
+    return np.concatenate([b['image'] for b in it])
+
+
+def test_digits_are_real_images():
+    from sklearn.datasets import load_digits
+    cfg = _config()
+    train = _all(data.get_dataset(cfg, 'train', 100, repeat=False))
+    test = _all(data.get_dataset(cfg, 'test', 100, repeat=False))
+    assert train.shape == (1797 - 299, 16, 16, 1) and test.shape == (299, 16, 16, 1)
+    assert train.min() >= 0. and train.max() <= 1. and train.max() > 0.9
+    # Bilinear resizing is linear, so the resized mean image equals the mean of resized images.
+    mean = (load_digits().images.mean(0) / 16.).astype(np.float32)
+    expected = np.asarray(Image.fromarray(mean, mode='F').resize((16, 16), Image.BILINEAR))
+    got = np.concatenate([train, test]).mean(0)[..., 0]
+    np.testing.assert_allclose(got, np.clip(expected, 0, 1), atol=2e-3)
+
+
+def test_scaler_round_trip():
+    x = np.random.default_rng(0).random((2, 4, 4, 1)).astype(np.float32)
+    for centered in (False, True):
+        y = data.get_scaler(centered)(x)
+        np.testing.assert_allclose(data.get_inverse_scaler(centered)(y), x, atol=1e-6)
+    assert data.get_scaler(True)(np.float32(0.)) == -1. and data.get_scaler(True)(1.) == 1.
+    cfg = _config(centered=True)
+    batch = next(data.get_dataset(cfg, 'test', 64))['image']
+    assert batch.dtype == np.float32 and batch.min() >= -1. and batch.min() < -0.99
+
+
+def test_flip_and_dequantization_statistics():
+    base = _all(data.get_dataset(_config(), 'test', 299, repeat=False))
+    # Same shuffle stream with and without flipping: each image is either unchanged or mirrored.
+    plain = next(data.get_dataset(_config(), 'train', 1000, seed=3))['image']
+    flipped = next(data.get_dataset(_config(random_flip=True), 'train', 1000, seed=3))['image']
+    same = np.all(flipped == plain, axis=(1, 2, 3))
+    mirrored = np.all(flipped == plain[:, :, ::-1], axis=(1, 2, 3))
+    assert np.all(same | mirrored)
+    assert 0.4 < np.mean(mirrored & ~same) < 0.6
+    # No flip on the eval split.
+    assert np.array_equal(next(data.get_dataset(_config(random_flip=True), 'test', 299))['image'],
+                                                base)
+    deq = next(data.get_dataset(_config(uniform_dequantization=True), 'test', 299))['image']
+    noise = deq * 256. - base * 255.
+    assert noise.min() > -1e-4 and noise.max() < 1. + 1e-4  # float32 rounding
+    assert abs(noise.mean() - 0.5) < 0.01 and abs(noise.var() - 1. / 12.) < 0.005
+
+
+def test_process_shards_are_disjoint_and_cover():
+    cfg = _config()
+    full = _all(data.get_dataset(cfg, 'train', 50, repeat=False))
+    shards = [_all(data.get_dataset(cfg, 'train', 50, process_index=i, process_count=2,
+                                                                    repeat=False)) for i in range(2)]
+    # Within a shard the order is shuffled; sort rows to compare as sets of images.
+    key = lambda a: a.reshape(len(a), -1)[np.lexsort(a.reshape(len(a), -1).T[::-1])]
+    np.testing.assert_array_equal(key(np.concatenate(shards)), key(full))
+    assert len(shards[0]) + len(shards[1]) == len(full)
+    assert next(data.get_dataset(cfg, 'train', 50, process_index=1, process_count=2))[
+            'image'].shape == (25, 16, 16, 1)
+    with pytest.raises(ValueError, match='divisible'):
+        data.get_dataset(cfg, 'train', 51, process_count=2)
+
+
+def test_start_step_resume_is_identical():
+    cfg = _config(random_flip=True, uniform_dequantization=True)
+    run = list(itertools.islice(data.get_dataset(cfg, 'train', 128, seed=7), 30))
+    resumed = list(itertools.islice(data.get_dataset(cfg, 'train', 128, seed=7, start_step=20),
+                                                                    10))
+    for a, b in zip(run[20:], resumed):
+        np.testing.assert_array_equal(a['image'], b['image'])
+    other = next(data.get_dataset(cfg, 'train', 128, seed=8))['image']
+    assert not np.array_equal(other, run[0]['image'])
+
+
+def test_folder_dataset_center_crop(tmp_path):
+    # A wide image, black at both ends, white over its central 30 of 60 columns: the centre crop
+    # (columns 20..40 after the 20 px shorter side is kept) is all white; squashing would not be.
+    wide = np.zeros((20, 60, 3), np.uint8)
+    wide[:, 15:45] = 255
+    Image.fromarray(wide).save(tmp_path / 'wide.png')
+    # A tall image: top half red, bottom half blue -> crop keeps both halves.
+    tall = np.zeros((80, 40, 3), np.uint8)
+    tall[:40, :, 0] = 255
+    tall[40:, :, 2] = 255
+    Image.fromarray(tall).save(tmp_path / 'sub_tall.jpg', quality=100)
+    (tmp_path / 'notes.txt').write_text('not an image')
+    cfg = _config('folder', image_size=8, num_channels=3, data_dir=str(tmp_path))
+    images = _all(data.get_dataset(cfg, 'train', 2, repeat=False))
+    assert images.shape == (2, 8, 8, 3)
+    by_white = sorted(images, key=lambda im: -im.mean())
+    np.testing.assert_allclose(by_white[0], 1., atol=0.02)
+    tall_img = by_white[1]
+    assert tall_img[:3, :, 0].mean() > 0.9 and tall_img[5:, :, 2].mean() > 0.9
+
+
+def test_errors(tmp_path):
+    with pytest.raises(ValueError, match="valid: .*'digits'"):
+        data.get_dataset(_config('mnist'), 'train', 8)
+    with pytest.raises(FileNotFoundError, match='not found'):
+        data.get_dataset(_config('folder', data_dir=str(tmp_path / 'missing')), 'train', 8)
+    with pytest.raises(ValueError, match='no .* images'):
+        data.get_dataset(_config('folder', data_dir=str(tmp_path)), 'train', 8)
+
+
+def test_importing_data_does_not_import_tensorflow():
+    code = 'import sys, subspace_diffusion.data; assert "tensorflow" not in sys.modules'
+    subprocess.run([sys.executable, '-c', code], check=True,
+                                  cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _tfds():
+    pytest.importorskip('tensorflow')
+    return pytest.importorskip('tensorflow_datasets')
+
+
+def test_cifar10_through_tfds_mock():
+    tfds = _tfds()
+    cfg = _config('cifar10', image_size=16, num_channels=3, centered=True, random_flip=True)
+    with tfds.testing.mock_data(num_examples=12):
+        first = list(itertools.islice(data.get_dataset(cfg, 'train', 4, seed=1), 5))
+        resumed = list(itertools.islice(data.get_dataset(cfg, 'train', 4, seed=1, start_step=3), 2))
+        evals = _all(data.get_dataset(cfg, 'test', 4, repeat=False))
+    assert first[0]['image'].shape == (4, 16, 16, 3) and first[0]['image'].dtype == np.float32
+    assert first[0]['image'].min() >= -1. and first[0]['image'].max() <= 1.
+    for a, b in zip(first[3:], resumed):
+        np.testing.assert_array_equal(a['image'], b['image'])
+    assert evals.shape == (12, 16, 16, 3)
+
+
+def test_unprepared_tfds_dir_is_a_clear_error(tmp_path):
+    _tfds()
+    cfg = _config('cifar10', image_size=32, num_channels=3, tfds_data_dir=str(tmp_path))
+    with pytest.raises(FileNotFoundError, match='cifar10 is not prepared in .*tfds build'):
+        next(data.get_dataset(cfg, 'train', 4))
+
+
+def test_ffhq_tfrecords_and_lsun_crop(tmp_path):
+    _tfds()
+    import tensorflow as tf
+    rng = np.random.default_rng(0)
+    imgs = rng.integers(0, 256, (6, 3, 8, 8), dtype=np.uint8)  # score-SDE stores [C, H, W]
+    with tf.io.TFRecordWriter(str(tmp_path / 'ffhq.tfrecords')) as w:
+        for im in imgs:
+            w.write(tf.train.Example(features=tf.train.Features(feature={
+                    'shape': tf.train.Feature(int64_list=tf.train.Int64List(value=im.shape)),
+                    'data': tf.train.Feature(bytes_list=tf.train.BytesList(value=[im.tobytes()]))
+            })).SerializeToString())
+    cfg = _config('ffhq', image_size=8, num_channels=3,
+                                tfrecords_path=str(tmp_path / '*.tfrecords'))
+    shards = [_all(data.get_dataset(cfg, 'test', 2, process_index=i, process_count=2,
+                                                                    repeat=False)) for i in range(2)]
+    got = np.concatenate(shards)
+    expected = imgs.transpose(0, 2, 3, 1).astype(np.float32) / 255.
+    # TFRecord sharding is by record index: shard i holds records i, i + 2, ...
+    np.testing.assert_allclose(got, np.concatenate([expected[0::2], expected[1::2]]), atol=1e-6)
+    with pytest.raises(FileNotFoundError, match='tfrecords_path'):
+        data.get_dataset(_config('ffhq', tfrecords_path=str(tmp_path / 'none*')), 'train', 2)
+    tall = np.zeros((40, 20, 1), np.float32)
+    tall[5:35] = 1.  # covers the centre square (rows 10..30) with margin for the antialias filter
+    np.testing.assert_allclose(data._resize_small_crop(tf.constant(tall), 4).numpy(), 1.,
+                                                          atol=1e-5)

@@ -1,0 +1,184 @@
+"""NCSN++ / DDPM++ architecture: published parameter counts, resolutions, dropout, FIR, configs."""
+import glob
+import importlib
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.signal import convolve2d
+
+from configs import quick_digits
+from subspace_diffusion.models import layers
+from subspace_diffusion.models.score import create_model, get_score_fn, init_params
+from subspace_diffusion.sde import make_sde
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+PUBLISHED_COUNTS = {
+    "cifar10_ve_ncsnpp": 62_758_915,
+    "cifar10_ve_ncsnpp_deep": 107_587_075,
+    "cifar10_vp_ddpmpp": 61_804_419,
+    "cifar10_vp_ddpmpp_deep": 106_632_579,
+    "celebahq256_ve_ncsnpp": 65_574_549,
+}
+
+
+def _load(name):
+    return importlib.import_module(f"configs.{name}").get_config()
+
+
+def _param_shapes(config, resolution=None):
+    model = create_model(config)
+    return jax.eval_shape(lambda k: init_params(model, k, config, resolution),
+                          jax.random.PRNGKey(0))["params"]
+
+
+def _count(tree):
+    return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(tree))
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED_COUNTS))
+def test_published_parameter_counts(name):
+    assert _count(_param_shapes(_load(name))) == PUBLISHED_COUNTS[name]
+
+
+def test_every_config_builds():
+    names = [os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))]
+    names = [n for n in names if n != "__init__"]
+    assert len(names) >= 11
+    for name in names:
+        config = _load(name)
+        assert make_sde(config.sde).kind == config.sde.kind
+        assert _count(_param_shapes(config)) > 0
+
+
+def _tiny(**overrides):
+    config = quick_digits.get_config()
+    config.model.nf = 8
+    config.model.ch_mult = (1, 2)
+    config.model.attn_resolutions = (8,)
+    config.model.dropout = 0.5
+    config.model.init_scale = 1.0  # non-negligible outputs so dropout differences are visible
+    for k, v in overrides.items():
+        setattr(config.model, k, v)
+    return config
+
+
+VARIANTS = {
+    "ncsnpp": {},
+    "ddpmpp": dict(fir=False, progressive_input="none", embedding_type="positional",
+                   scale_by_sigma=False),
+    "ddpm_blocks_skip_cat": dict(resblock_type="ddpm", progressive="output_skip",
+                                 progressive_input="input_skip", progressive_combine="cat"),
+    "residual_no_fir_no_rescale": dict(fir=False, progressive="residual", skip_rescale=False,
+                                       resamp_with_conv=False, resblock_type="ddpm"),
+}
+
+
+@pytest.mark.parametrize("variant,resolutions", [
+    ("ncsnpp", (4,)), ("ddpmpp", (16, 8, 4)), ("ddpm_blocks_skip_cat", (8,)),
+    ("residual_no_fir_no_rescale", (8,))])
+def test_forward_at_resolutions(variant, resolutions):
+    config = _tiny(**VARIANTS[variant])
+    model = create_model(config)
+    params = init_params(model, jax.random.PRNGKey(0), config, resolution=4)
+    # Eager apply: compiling six variants of even a tiny U-Net costs more than running them.
+    apply = model.apply
+    for r in resolutions:
+        x = jax.random.normal(jax.random.PRNGKey(r), (2, r, r, 1))
+        t = jnp.array([0.5, 2.0])
+        out = apply(params, x, t, train=False)
+        assert out.shape == x.shape and bool(jnp.all(jnp.isfinite(out)))
+        np.testing.assert_array_equal(out, apply(params, x, t, train=False))
+        if r != min(resolutions):
+            continue
+        tr = [apply(params, x, t, train=True, rngs={"dropout": jax.random.PRNGKey(s)})
+              for s in (1, 1, 2)]
+        np.testing.assert_array_equal(tr[0], tr[1])
+        assert np.abs(tr[0] - tr[2]).max() > 1e-3 * np.abs(out).max()
+        assert np.abs(tr[0] - out).max() > 1e-3 * np.abs(out).max()
+
+
+def test_attention_follows_depth_not_pixels():
+    config = _tiny()
+    names = set(_param_shapes(config, 16)) - set(_param_shapes(config, 8))
+    assert not names
+    assert any("AttnBlock" in k for k in _param_shapes(config, 8))
+
+
+def test_score_fn_under_jit_and_scan():
+    for name in ("ncsnpp", "ddpmpp"):
+        config = _tiny(**VARIANTS[name])
+        config.sde.kind = "ve" if name == "ncsnpp" else "vp"
+        sde = make_sde(config.sde)
+        model = create_model(config)
+        params = init_params(model, jax.random.PRNGKey(0), config)["params"]
+        score = get_score_fn(model, sde, params)
+        x = jnp.ones((2, 8, 8, 1))
+        raw = model.apply({"params": params}, x,
+                          sde.sigma(jnp.full((2,), 0.3)) if sde.kind == "ve"
+                          else jnp.full((2,), 0.3 * 999), train=False)
+        expected = raw if sde.kind == "ve" else -raw / sde.sigma(0.3)
+
+        def step(c, t):
+            return c, score(x, jnp.full((2,), t))
+
+        _, outs = jax.jit(lambda ts: jax.lax.scan(step, 0, ts))(jnp.array([0.3, 0.6]))
+        np.testing.assert_allclose(outs[0], expected, rtol=1e-3, atol=1e-4)
+
+
+def _np_upfirdn(x, k, up, down, pad0, pad1):
+    """Direct single-channel reference: zero-insert, pad, true 2-D convolution, decimate."""
+    h, w = x.shape
+    u = np.zeros((h * up, w * up))
+    u[::up, ::up] = x
+    u = np.pad(u, ((pad0, pad1), (pad0, pad1)))
+    return convolve2d(u, k, mode="valid")[::down, ::down]
+
+
+@pytest.mark.parametrize("taps", [(1, 3, 3, 1), (1, 2, 1), (1, 4, 6, 4, 1)])
+def test_fir_resampling_matches_numpy(taps):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(1, 8, 8, 2)).astype(np.float32)
+    k2 = np.outer(taps, taps).astype(np.float64)
+    k2 /= k2.sum()
+    p = len(taps) - 2
+    gain = 1.7
+    up = layers.upsample_2d(jnp.asarray(x), taps, gain=gain)
+    down = layers.downsample_2d(jnp.asarray(x), taps, gain=gain)
+    for c in range(2):
+        ref_up = _np_upfirdn(x[0, :, :, c], k2 * gain * 4, 2, 1, (p + 1) // 2 + 1, p // 2)
+        ref_down = _np_upfirdn(x[0, :, :, c], k2 * gain, 1, 2, (p + 1) // 2, p // 2)
+        np.testing.assert_allclose(up[0, :, :, c], ref_up, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(down[0, :, :, c], ref_down, rtol=1e-5, atol=1e-5)
+    assert up.shape == (1, 16, 16, 2) and down.shape == (1, 4, 4, 2)
+    # Unit gain preserves constants away from the borders.
+    ones = layers.upsample_2d(jnp.ones((1, 8, 8, 1)), taps)
+    np.testing.assert_allclose(ones[0, 4:-4, 4:-4, 0], 1.0, rtol=1e-6)
+
+
+def test_fused_fir_conv_shapes():
+    x = jnp.ones((1, 8, 8, 3))
+    for kw, shape in (({"up": True}, (1, 16, 16, 5)), ({"down": True}, (1, 4, 4, 5))):
+        mod = layers.FIRConv(5, **kw)
+        out, _ = mod.init_with_output(jax.random.PRNGKey(0), x)
+        assert out.shape == shape
+
+
+def test_bad_inputs_raise():
+    config = _tiny()
+    model = create_model(config)
+    with pytest.raises(ValueError, match="ch_mult"):
+        jax.eval_shape(lambda k: init_params(model, k, config, resolution=5), jax.random.PRNGKey(0))
+    for field, value in (("progressive", "foo"), ("progressive_input", "bar"),
+                         ("resblock_type", "x"), ("embedding_type", "y"),
+                         ("progressive_combine", "z")):
+        bad = _tiny(**{field: value})
+        with pytest.raises(ValueError, match=field):
+            _param_shapes(bad)
+    bad = _tiny()
+    bad.model.name = "unet"
+    with pytest.raises(ValueError, match="model.name"):
+        create_model(bad)
