@@ -1,4 +1,11 @@
-"""Wall time and XLA flop estimates of the CIFAR-10 NCSN++ forward / forward+backward at 32, 16, 8 px."""
+"""Wall time and XLA flop estimates of the CIFAR-10 NCSN++ forward / forward+backward at 32, 16, 8 px.
+
+    python benchmarks/bench_model.py [--batch 8] [--equal_pixels]
+
+With --equal_pixels the batch grows as (32 / res)^2, so every resolution processes the same number of
+pixels per call and the ratios are per image; that keeps small resolutions from under-using the device.
+"""
+import argparse
 import os
 import sys
 import time
@@ -10,7 +17,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import cifar10_ve_ncsnpp  # noqa: E402
 from subspace_diffusion.models.score import create_model, init_params  # noqa: E402
 
-BATCH = 8
 REPEATS = 3
 
 
@@ -34,7 +40,11 @@ def _time(fn, *args):
 
 
 def main():
-    """Print a markdown table of forward and forward+backward cost per resolution."""
+    """Print a markdown table of forward and forward+backward cost per image at each resolution."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--batch", type=int, default=8, help="batch at 32 px")
+    parser.add_argument("--equal_pixels", action="store_true", help="scale the batch by (32 / res)^2")
+    args = parser.parse_args()
     config = cifar10_ve_ncsnpp.get_config()
     model = create_model(config)
     params = init_params(model, jax.random.PRNGKey(0), config)["params"]
@@ -47,18 +57,23 @@ def main():
 
     rows = {}
     for r in (32, 16, 8):
-        x = jax.random.normal(jax.random.PRNGKey(1), (BATCH, r, r, 3))
-        t = jnp.full((BATCH,), 1.0)
+        batch = args.batch * (32 // r) ** 2 if args.equal_pixels else args.batch
+        x = jax.random.normal(jax.random.PRNGKey(1), (batch, r, r, 3))
+        t = jnp.full((batch,), 1.0)
         fwd = jax.jit(forward).lower(params, x, t).compile()
         bwd = jax.jit(jax.grad(loss)).lower(params, x, t).compile()
-        rows[r] = (_time(fwd, params, x, t), _flops(fwd), _time(bwd, params, x, t), _flops(bwd))
+        # Per-image figures, so that runs with different batches per resolution compare directly.
+        rows[r] = [v / batch for v in (_time(fwd, params, x, t), _flops(fwd), _time(bwd, params, x, t), _flops(bwd))]
 
-    print(f"CIFAR-10 VE NCSN++ (62.8M params), batch {BATCH}, device {jax.devices()[0].platform}\n")
-    print("| res | fwd s | fwd GFLOP | fwd+bwd s | fwd+bwd GFLOP | fwd time / 32px | fwd+bwd time / 32px |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"CIFAR-10 VE NCSN++ (62.8M params), batch {args.batch} at 32 px"
+          f"{' scaled by (32/res)^2' if args.equal_pixels else ''}, device {jax.devices()[0].device_kind}\n")
+    print("| res | fwd ms/img | fwd GFLOP/img | fwd+bwd ms/img | fwd+bwd GFLOP/img "
+          "| fwd time ratio | fwd FLOP ratio | fwd+bwd time ratio | fwd+bwd FLOP ratio |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    base = rows[32]
     for r, (tf, ff, tb, fb) in rows.items():
-        print(f"| {r} | {tf:.3f} | {ff / 1e9:.1f} | {tb:.3f} | {fb / 1e9:.1f} "
-              f"| {tf / rows[32][0]:.3f} | {tb / rows[32][2]:.3f} |")
+        print(f"| {r} | {1e3 * tf:.1f} | {ff / 1e9:.2f} | {1e3 * tb:.1f} | {fb / 1e9:.2f} "
+              f"| {tf / base[0]:.3f} | {ff / base[1]:.3f} | {tb / base[2]:.3f} | {fb / base[3]:.3f} |")
 
 
 if __name__ == "__main__":
