@@ -29,6 +29,8 @@ def get_config():
     sampling.num_steps = 1000
 
     config.eval = evaluate = ml_collections.ConfigDict()
+    # Local FID-Inception weights (pytorch-fid state_dict as .npz or .pth); see subspace_diffusion/metrics/inception.py.
+    evaluate.inception_weights = ""
     evaluate.begin_ckpt = 9
     evaluate.end_ckpt = 26
     evaluate.batch_size = 1024
