@@ -96,8 +96,7 @@ def ode_drift_and_div(sde: SDE, chain, stats, level_scores: Sequence[Callable], 
             vt = jnp.full((x.shape[0],), t)
             xk = chain.down(x, k) if k else x
             sk, div_k = _divergence(lambda z: level_scores[k](z, vt), xk, probes[k], trace)
-            score = chain.up(sk, k) if k else sk
-            div = div_k
+            score, div = sk, div_k
             if k:
                 score = implicit_score(sde, chain, stats, lambda z, tt: sk, k)(x, vt)
                 div = div_k - sum(chain.piece_dim(j) / lift_variance(sde, stats, j, t) for j in range(1, k + 1))

@@ -7,6 +7,7 @@ score. VP / sub-VP: labels are 999 t and the score is -output / sigma(t).
 import jax.numpy as jnp
 
 from subspace_diffusion.models.ncsnpp import NCSNpp
+from subspace_diffusion.sde import _bcast
 
 _MODELS = {"ncsnpp": NCSNpp, "ddpmpp": NCSNpp}
 
@@ -48,6 +49,6 @@ def get_score_fn(model, sde, params, train=False, dropout_rng=None):
     else:
         def score_fn(x, t):
             out = model_fn(x, t * 999.0)
-            return -out / sde.sigma(t).reshape((x.shape[0],) + (1,) * (x.ndim - 1))
+            return -out / _bcast(sde.sigma(t), out)
 
     return score_fn
