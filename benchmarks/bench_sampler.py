@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from subspace_diffusion.sampling import SamplerConfig, _langevin, _predict, pc_sample, split_grid
+from subspace_diffusion.sampling import SamplerConfig, langevin_step, predictor_step, pc_sample, split_grid
 from subspace_diffusion.sde import SDE
 from subspace_diffusion.subspaces import PieceStats, PoolingChain
 
@@ -79,8 +79,8 @@ def main():
     @jax.jit
     def one_step(x, key, t, s):
         kc, kp = jax.random.split(key)
-        x = _langevin(score, x, t, kc, cfg.snr, 1, 1.0)
-        return _predict(cfg.predictor, sde, score, x, t, s, kp)[0]
+        x = langevin_step(score, x, t, kc, cfg.snr, 1, 1.0)
+        return predictor_step(cfg.predictor, sde, score, x, t, s, kp)[0]
 
     def loop(key):
         x = sde.prior_sample(key, (args.batch,) + chain.shapes[0])

@@ -6,7 +6,7 @@ def get_config():
     """Return the CelebA-HQ-256 base ConfigDict, built on the CIFAR-10 base."""
     config = default_cifar10.get_config()
     config.training.batch_size = 64
-    config.training.n_iters = 2400001
+    config.training.n_iters = 2400000
     config.training.snapshot_freq = 50000
     config.training.snapshot_sampling = True
     config.sampling.snr = 0.075
@@ -21,7 +21,6 @@ def get_config():
     config.data.num_channels = 3
 
     config.sde.sigma_max = 348.0
-    config.model.num_scales = 2000
     config.model.dropout = 0.0
     config.model.ch_mult = (1, 1, 2, 2, 2, 2, 2)
     config.model.num_res_blocks = 2

@@ -8,14 +8,16 @@ def get_config():
 
     config.training = training = ml_collections.ConfigDict()
     training.batch_size = 128
-    training.n_iters = 1300001
+    training.n_iters = 1300000
+    training.n_jitted_steps = 5  # optimiser steps per compiled call (lax.scan)
+    training.eps = 1e-5  # smallest training time of the full-space model
+    training.keep_checkpoints = 100  # archive checkpoints kept (the preemption slot keeps 1)
+    training.snapshot_samples = 64  # samples in each snapshot grid
     training.snapshot_freq = 50000
     training.log_freq = 50
-    training.eval_freq = 100
     training.snapshot_freq_for_preemption = 10000
     training.snapshot_sampling = True
     training.likelihood_weighting = False
-    training.continuous = True
     training.reduce_mean = False
 
     config.sampling = sampling = ml_collections.ConfigDict()
@@ -27,18 +29,39 @@ def get_config():
     sampling.probability_flow = False
     sampling.snr = 0.16
     sampling.num_steps = 1000
+    sampling.cond_langevin_steps = 0  # conditional Langevin steps on the new directions after each lift
+    sampling.cond_snr = 0.22
 
     config.eval = evaluate = ml_collections.ConfigDict()
     # Local FID-Inception weights (pytorch-fid state_dict as .npz or .pth); see subspace_diffusion/metrics/inception.py.
     evaluate.inception_weights = ""
-    evaluate.begin_ckpt = 9
-    evaluate.end_ckpt = 26
+    # Checkpoints evaluated: archived steps s (step values, not checkpoint indices) with begin_ckpt <= s <=
+    # end_ckpt, inclusive; -1 means the latest archived step (so -1, -1 evaluates the latest one only).
+    evaluate.begin_ckpt = -1
+    evaluate.end_ckpt = -1
+    # Workdir of each level's run, index = level ("" = --workdir); empty: every level from --workdir (a run
+    # trained with subspace.train_level=-1). Levels in another workdir than level 0 use its latest checkpoint.
+    evaluate.level_workdirs = ()
+    evaluate.use_subspace = True  # sample with the subspace chain; False (or subspace.levels=0): full space only
+    evaluate.folder = "eval"  # outputs in <workdir>/<folder>/step_<step>/; another name keeps other settings apart
     evaluate.batch_size = 1024
     evaluate.enable_sampling = True
     evaluate.num_samples = 50000
-    evaluate.enable_loss = True
     evaluate.enable_bpd = False
     evaluate.bpd_dataset = "test"
+    evaluate.bpd_num_repeats = 5  # dequantisation draws per example (score-SDE)
+    evaluate.bpd_num_examples = 0  # cap on bits/dim examples; 0 = the whole split
+    evaluate.ode_rtol = 1e-5  # probability-flow ODE tolerances (bits/dim and sampling.method='ode')
+    evaluate.ode_atol = 1e-5
+    # Reference statistics for FID / KID and the proxy Frechet distances (main.py --mode=fid_stats writes
+    # them; eval computes them when missing). "": <workdir>/ref_stats_<dataset>_<image_size>.npz.
+    evaluate.ref_stats_path = ""
+    evaluate.ref_split = "train"
+    # --mode=inpaint / --mode=colorize: images of cond_input_dir; cond_mask is the region to fill in
+    # ('left_half', 'right_half', 'top_half', 'bottom_half', 'center', 'random' or a PNG, white = known).
+    evaluate.cond_input_dir = ""
+    evaluate.cond_mask = "left_half"
+    evaluate.cond_mask_fraction = 0.5  # share of missing pixels for cond_mask='random'
 
     config.data = data = ml_collections.ConfigDict()
     data.dataset = "CIFAR10"
@@ -59,7 +82,6 @@ def get_config():
     model.name = "ncsnpp"
     model.sigma_min = sde.get_ref("sigma_min")
     model.sigma_max = sde.get_ref("sigma_max")
-    model.num_scales = 1000
     model.beta_min = sde.get_ref("beta_min")
     model.beta_max = sde.get_ref("beta_max")
     model.dropout = 0.1
@@ -67,8 +89,6 @@ def get_config():
     model.fourier_scale = 16.0
     model.scale_by_sigma = True
     model.ema_rate = 0.999
-    model.normalization = "GroupNorm"
-    model.nonlinearity = "swish"
     model.nf = 128
     model.ch_mult = (1, 2, 2, 2)
     model.num_res_blocks = 4
@@ -82,9 +102,7 @@ def get_config():
     model.progressive = "none"
     model.progressive_input = "residual"
     model.progressive_combine = "sum"
-    model.attention_type = "ddpm"
     model.init_scale = 0.0
-    model.conv_size = 3
 
     config.optim = optim = ml_collections.ConfigDict()
     optim.weight_decay = 0.0
@@ -101,8 +119,15 @@ def get_config():
     subspace.factor = 2
     subspace.cutoffs = (0.516, 0.558)
     subspace.stats_path = ""
-    subspace.train_level = 0
+    subspace.train_level = 0  # level whose network is trained: 0 = full space, k, or -1 = every level
+    subspace.train_from_cutoff = True  # level k > 0 trains on t ~ U(t_k, T); False: U(training.eps, T)
     subspace.shared_params = False
+    # --mode=cutoffs (SPEC section 4): orthogonal Fisher divergence of the full-space model on a grid of
+    # cutoff_times_num times in [eps, T] over cutoff_num_examples training images; cutoff where D < cutoff_threshold.
+    subspace.cutoff_times_num = 21
+    subspace.cutoff_num_examples = 1024
+    subspace.cutoff_batch_size = 64  # images per compiled call (each is evaluated at every time of the grid)
+    subspace.cutoff_threshold = 3e-3
 
     config.seed = 42
     return config

@@ -19,7 +19,7 @@ def build_chain(config) -> Chain:
     sub = config.subspace
     fitted = None
     if sub.kind in ('pca', 'patch_pca'):
-        batches, fitted, n = _batches(config), [], 0
+        batches, fitted, n = training_batches(config), [], 0
         for batch in batches:
             fitted.append(batch)
             n += batch.shape[0]
@@ -29,7 +29,8 @@ def build_chain(config) -> Chain:
     return make_chain(sub.kind, image_shape(config), sub.levels, data=fitted, patch=sub.get('factor', 2))
 
 
-def _batches(config, batch_size=256):
+def training_batches(config, batch_size=256):
+    """One pass over the training images (B, H, W, C) in model space, without flips or dequantisation."""
     # Statistics describe the data itself: no flips, no dequantisation noise.
     config = config.copy_and_resolve_references()
     with config.unlocked():
@@ -43,10 +44,12 @@ def stats_path(config, workdir):
     return config.subspace.get('stats_path') or os.path.join(workdir, 'subspace_stats.npz')
 
 
-def subspace_stats(config, workdir):
+def subspace_stats(config, workdir, chain=None, write=True):
     """Measure mu_j, sigma_perp_j and RMS distances of the chain on the training set; write .npz and JSON."""
-    chain = build_chain(config)
-    stats = compute_stats(chain, _batches(config))
+    chain = chain or build_chain(config)
+    stats = compute_stats(chain, training_batches(config))
+    if not write:
+        return stats
     path = stats_path(config, workdir)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     stats.save(path)

@@ -8,7 +8,7 @@ import os
 import numpy as np
 from PIL import Image
 
-_IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg')
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg')
 
 
 def get_scaler(centered):
@@ -25,7 +25,7 @@ def get_inverse_scaler(centered):
     return lambda x: x
 
 
-def _center_crop_resize(img, size):
+def center_crop_resize(img, size):
     """PIL image -> (size, size) PIL image: shorter side resized to size, then centre crop."""
     w, h = img.size
     scale = size / min(w, h)
@@ -61,14 +61,14 @@ def _folder_builder(config, split):
         raise FileNotFoundError(f'dataset folder not found: config.data.data_dir={data_dir!r}')
     paths = sorted(
             os.path.join(root, f) for root, _, files in os.walk(data_dir) for f in files
-            if f.lower().endswith(_IMAGE_EXTENSIONS))
+            if f.lower().endswith(IMAGE_EXTENSIONS))
     if not paths:
-        raise ValueError(f'no {"/".join(_IMAGE_EXTENSIONS)} images found in {data_dir}')
+        raise ValueError(f'no {"/".join(IMAGE_EXTENSIONS)} images found in {data_dir}')
     mode = 'L' if config.data.num_channels == 1 else 'RGB'
     images = []
     for p in paths:
         with Image.open(p) as img:
-            img = _center_crop_resize(img.convert(mode), config.data.image_size)
+            img = center_crop_resize(img.convert(mode), config.data.image_size)
             images.append(np.asarray(img, dtype=np.float32).reshape(
                     config.data.image_size, config.data.image_size, -1) / 255.)
     return np.stack(images)

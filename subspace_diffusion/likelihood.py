@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from subspace_diffusion.sampling import check_cutoffs, implicit_score, lift_variance
-from subspace_diffusion.sde import SDE, _bcast
+from subspace_diffusion.sde import SDE
 
 # Dormand-Prince 5(4) tableau: nodes, stage weights, 5th-order weights, and 5th-minus-4th-order weights.
 _C = (0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0)

@@ -6,7 +6,6 @@ Score functions are plain callables `score(x_level, t)` with x_level (B, *chain.
 """
 import dataclasses
 import functools
-import math
 from typing import Callable, Optional, Sequence
 
 import jax
@@ -41,6 +40,17 @@ class SamplerConfig:
             raise ValueError(f'sampling.corrector must be one of {CORRECTORS}, got {self.corrector!r}')
         if self.num_steps < 2:
             raise ValueError(f'sampling.num_steps must be >= 2, got {self.num_steps}')
+
+    @classmethod
+    def from_config(cls, sampling, **overrides) -> 'SamplerConfig':
+        """From a config's `sampling` section (score-SDE field names)."""
+        fields = dict(num_steps=sampling.num_steps, predictor=sampling.predictor, corrector=sampling.corrector,
+                      snr=sampling.snr, n_corrector_steps=sampling.n_steps_each,
+                      cond_langevin_steps=sampling.get('cond_langevin_steps', 0),
+                      cond_snr=sampling.get('cond_snr', 0.22), denoise=sampling.noise_removal,
+                      eps=sampling.get('eps') or None)
+        fields.update(overrides)
+        return cls(**fields)
 
 
 def check_cutoffs(cutoffs: Sequence[float], num_levels: int, T: float = 1.0):
@@ -80,7 +90,7 @@ def implicit_score(sde: SDE, chain: Chain, stats: PieceStats, level_score: Calla
     return score
 
 
-def _predict(name, sde, score_fn, x, t, s, key):
+def predictor_step(name, sde, score_fn, x, t, s, key):
     """One predictor step from grid time t to s < t (scalars) -> (x, x_mean); x (B, ...)."""
     vt = jnp.full((x.shape[0],), t)
     score = score_fn(x, vt)
@@ -104,7 +114,7 @@ def _predict(name, sde, score_fn, x, t, s, key):
     return x_mean + jnp.sqrt(q * sigma_s ** 2 / sigma_t ** 2) * noise, x_mean
 
 
-def _langevin(score_fn, x, t, key, snr, n_steps, a, project=None):
+def langevin_step(score_fn, x, t, key, snr, n_steps, a, project=None):
     """Langevin corrector at time t (scalar), snr-controlled step; `project` restricts the move to a subspace."""
     vt = jnp.full((x.shape[0],), t)
     proj = project or (lambda v: v)
@@ -148,11 +158,14 @@ def effective_nfe(cfg: SamplerConfig, chain: Optional[Chain], spans) -> float:
 
 def pc_sample(key, batch_size: int, sde: SDE, score_fns: Sequence[Callable], cfg: SamplerConfig,
               chain: Optional[Chain] = None, stats: Optional[PieceStats] = None, cutoffs=(),
-              shape=None, sharding=None, dtype=jnp.float32):
+              shape=None, sharding=None, dtype=jnp.float32, impose: Optional[Callable] = None):
     """Multi-level PC sampler -> (samples (B, *shapes[0]) in model space, effective NFE).
 
     score_fns[k] is the level-k score; with no chain (or cutoffs=()) it is the full-space PC sampler.
+    `impose(key, x, k, t)`, if given, maps the level-k state at time t after every move (the prior draw,
+    each corrector and predictor step, each lift), e.g. to keep a known part (conditional.py).
     """
+    impose = impose or (lambda key, x, k, t: x)
     K = chain.num_levels if chain is not None else 0
     cutoffs = check_cutoffs(cutoffs, K, sde.T)
     if len(score_fns) != K + 1:
@@ -178,12 +191,13 @@ def pc_sample(key, batch_size: int, sde: SDE, score_fns: Sequence[Callable], cfg
 
         def body(carry, step):
             x, key = carry
-            key, kc, kp = jax.random.split(key, 3)
+            key, kc, kp, ki, kj = jax.random.split(key, 5)
             t, s, a = step
             if cfg.corrector == 'langevin':
-                x = _langevin(score_fn, x, t, kc, cfg.snr, cfg.n_corrector_steps, a)
+                x = impose(ki, langevin_step(score_fn, x, t, kc, cfg.snr, cfg.n_corrector_steps, a), k, t)
             if cfg.predictor != 'none':
-                x, _ = _predict(cfg.predictor, sde, score_fn, x, t, s, kp)
+                # The predictor moves the state from t to s.
+                x = impose(kj, predictor_step(cfg.predictor, sde, score_fn, x, t, s, kp)[0], k, s)
             return (constrain(x), key), None
 
         steps = (jnp.asarray(grid[start:stop], dtype), jnp.asarray(grid[start + 1:stop + 1], dtype),
@@ -191,8 +205,8 @@ def pc_sample(key, batch_size: int, sde: SDE, score_fns: Sequence[Callable], cfg
         (x, key), _ = jax.lax.scan(body, (x, key), steps)
         return x, key
 
-    key, k0 = jax.random.split(key)
-    x = constrain(sde.prior_sample(k0, (batch_size,) + tuple(shapes[K]), dtype))
+    key, k0, ki = jax.random.split(key, 3)
+    x = constrain(impose(ki, sde.prior_sample(k0, (batch_size,) + tuple(shapes[K]), dtype), K, float(grid[0])))
     for k in range(K, -1, -1):
         start, stop = spans[k]
         last = stop - 1 if k == 0 else stop  # the last grid point gets no predictor step
@@ -201,17 +215,18 @@ def pc_sample(key, batch_size: int, sde: SDE, score_fns: Sequence[Callable], cfg
             break
         # Lift to level k-1 at the first grid point of the next stage (exact for the SPEC section 5 case).
         t = float(grid[stop])
-        key, kl, kc = jax.random.split(key, 3)
+        key, kl, kc, ki, kj = jax.random.split(key, 5)
         noise = jax.random.normal(kl, (batch_size,) + tuple(shapes[k - 1]), dtype)
         inject = sde.alpha(t) * jnp.asarray(stats.mu[k - 1])[None] + jnp.sqrt(lift_variance(sde, stats, k, t)) * noise
-        x = constrain(chain.up1(x, k) + chain.new_dirs(inject, k))
+        x = constrain(impose(ki, chain.up1(x, k) + chain.new_dirs(inject, k), k - 1, t))
         if cfg.cond_langevin_steps:
-            x = _langevin(score_fns[k - 1], x, t, kc, cfg.cond_snr, cfg.cond_langevin_steps, langevin_a[stop],
-                          project=functools.partial(chain.new_dirs, k=k))
+            x = langevin_step(score_fns[k - 1], x, t, kc, cfg.cond_snr, cfg.cond_langevin_steps, langevin_a[stop],
+                              project=functools.partial(chain.new_dirs, k=k))
+            x = impose(kj, x, k - 1, t)
     t = float(grid[-1])
-    key, kc = jax.random.split(key)
+    key, kc, ki = jax.random.split(key, 3)
     if cfg.corrector == 'langevin':
-        x = _langevin(score_fns[0], x, t, kc, cfg.snr, cfg.n_corrector_steps, langevin_a[n - 1])
+        x = impose(ki, langevin_step(score_fns[0], x, t, kc, cfg.snr, cfg.n_corrector_steps, langevin_a[n - 1]), 0, t)
     if cfg.denoise:
         # Tweedie: E[x0 | x_eps] = (x + sigma^2 s) / alpha with the full-space model.
         vt = jnp.full((batch_size,), t)

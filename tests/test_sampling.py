@@ -9,7 +9,6 @@ absolute. A lift with the wrong variance (sigma^2 only) gives 0.11-0.55 on the s
 import functools
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

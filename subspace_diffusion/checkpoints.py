@@ -1,0 +1,94 @@
+"""Orbax checkpoints of a run: a frequent preemption slot (keep 1) and a periodic archive (keep N).
+
+Saves are asynchronous and atomic: Orbax writes into a temporary directory and renames it only
+once every process has finished, so a run killed mid-save leaves the previous checkpoint whole.
+Each checkpoint holds the train state and a small JSON record of what was trained, which is
+checked before the state is read, so a config that does not match gets a clear message.
+"""
+import os
+
+import orbax.checkpoint as ocp
+
+PREEMPT, ARCHIVE = 'preempt', 'archive'
+
+
+class CheckpointError(ValueError):
+    """A checkpoint exists but cannot be used with this config."""
+
+
+class Checkpoints:
+    """The two Orbax managers of a workdir: <workdir>/checkpoints/{preempt,archive}/<step>."""
+
+    def __init__(self, workdir, keep_archive: int = 100, async_save: bool = True, read_only: bool = False):
+        self.root = os.path.join(os.path.abspath(workdir), 'checkpoints')
+        keep = {PREEMPT: 1, ARCHIVE: keep_archive}
+        self.managers = {
+            kind: ocp.CheckpointManager(os.path.join(self.root, kind), options=ocp.CheckpointManagerOptions(
+                max_to_keep=keep[kind], enable_async_checkpointing=async_save, create=not read_only,
+                read_only=read_only))
+            for kind in (PREEMPT, ARCHIVE)}
+
+    def latest_step(self):
+        """Newest step over both slots, or None for a fresh workdir."""
+        steps = [m.latest_step() for m in self.managers.values()]
+        steps = [s for s in steps if s is not None]
+        return max(steps) if steps else None
+
+    def archived_steps(self) -> list:
+        """Steps held in the archive, ascending."""
+        return sorted(self.managers[ARCHIVE].all_steps())
+
+    def save(self, step: int, state, meta: dict, kind: str = PREEMPT):
+        """Start an asynchronous save of `state` (a pytree of global arrays) and `meta` (JSON) at `step`."""
+        # On several hosts the two managers' finalisations use the same barrier names: never overlap them.
+        for other, manager in self.managers.items():
+            if other != kind:
+                manager.wait_until_finished()
+        self.managers[kind].save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+
+    def _manager_for(self, step):
+        for kind in (ARCHIVE, PREEMPT):
+            if step in self.managers[kind].all_steps():
+                return self.managers[kind]
+        raise CheckpointError(f'no checkpoint for step {step} in {self.root}; present: '
+                              f'{sorted(set().union(*(m.all_steps() for m in self.managers.values())))}')
+
+    def read_meta(self, step: int) -> dict:
+        """The JSON record saved with the checkpoint at `step`."""
+        manager = self._manager_for(step)
+        try:
+            return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+        except Exception as e:  # noqa: BLE001 -- any read failure gets the same remedy
+            raise CheckpointError(f'checkpoint {os.path.join(str(manager.directory), str(step))} cannot be read '
+                                  f'({type(e).__name__}: {e}). Move it out of the way to resume from an older '
+                                  f'one, or use a fresh --workdir.') from e
+
+    def restore(self, abstract_state, expected_meta: dict, step=None):
+        """(state, meta) of `step` (default: latest), after checking `meta` against `expected_meta`."""
+        step = self.latest_step() if step is None else step
+        meta = self.read_meta(step)
+        manager = self._manager_for(step)
+        path = os.path.join(str(manager.directory), str(step))
+        mismatch = {k: (meta.get(k), v) for k, v in expected_meta.items() if meta.get(k) != v}
+        if mismatch:
+            raise CheckpointError(f'checkpoint {path} was written by a different setup: '
+                                  + '; '.join(f'{k}: checkpoint has {a!r}, config gives {b!r}'
+                                              for k, (a, b) in mismatch.items())
+                                  + '. Use the config it was trained with, or a fresh --workdir.')
+        try:
+            state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))).state
+        except Exception as e:  # noqa: BLE001
+            raise CheckpointError(f'checkpoint {path} cannot be read ({type(e).__name__}: {e}). Move it out of '
+                                  f'the way to resume from an older one, or use a fresh --workdir.') from e
+        return state, meta
+
+    def wait(self):
+        """Block until pending asynchronous saves are on disk."""
+        for m in self.managers.values():
+            m.wait_until_finished()
+
+    def close(self):
+        """Finish pending saves and release the managers."""
+        for m in self.managers.values():
+            m.close()

@@ -1,0 +1,136 @@
+"""The run object: what a config determines (SDE, chain, cutoffs, network, trained levels), shared by train and eval.
+
+Parameters are a dict keyed by model: 'level_k' for the level-k network (the paper's separate
+models), or a single 'shared' entry used at every level's resolution (`subspace.shared_params`).
+"""
+import os
+
+import jax
+import jax.numpy as jnp
+from absl import logging
+
+from subspace_diffusion import analysis
+from subspace_diffusion.losses import dsm_loss
+from subspace_diffusion.models.score import create_model, get_score_fn
+from subspace_diffusion.sampling import SamplerConfig, check_cutoffs, make_sampler
+from subspace_diffusion.sde import make_sde
+from subspace_diffusion.subspaces import PieceStats
+
+ALL_LEVELS = -1  # subspace.train_level value that trains every level of the chain in one run
+
+
+class Experiment:
+    """SDE, chain, cutoffs, model and trained levels of one config; builds losses, scores and samplers."""
+
+    def __init__(self, config):
+        self.config = config
+        sub = config.subspace
+        self.sde = make_sde(config.sde)
+        self.chain = analysis.build_chain(config) if sub.levels else None
+        K = self.num_levels
+        self.cutoffs = tuple(check_cutoffs(sub.cutoffs, K, self.sde.T)) if K else ()
+        if sub.train_level == ALL_LEVELS:
+            self.levels = tuple(range(K + 1))
+        elif 0 <= sub.train_level <= K:
+            self.levels = (sub.train_level,)
+        else:
+            raise ValueError(f'subspace.train_level={sub.train_level} is not a level of the {K}-level chain: '
+                             f'use 0..{K}, or {ALL_LEVELS} to train every level in one run')
+        for k in self.levels:
+            if len(self.level_shape(k)) != 3:
+                raise ValueError(f'subspace.kind={sub.kind!r} gives level-{k} coordinates of shape '
+                                 f'{self.level_shape(k)}, not an image: a level-k network needs '
+                                 f"subspace.kind='pooling' or 'patch_pca'")
+        self.shared = bool(sub.shared_params)
+        self.model = create_model(config)
+
+    @property
+    def num_levels(self) -> int:
+        """K (0 without a chain)."""
+        return self.chain.num_levels if self.chain is not None else 0
+
+    def level_shape(self, k: int) -> tuple:
+        """Per-example shape of level-k coordinates."""
+        return tuple(self.chain.shapes[k]) if self.chain is not None else analysis.image_shape(self.config)
+
+    def param_key(self, k: int) -> str:
+        """Name of the parameter set that serves level k."""
+        return 'shared' if self.shared else f'level_{k}'
+
+    @property
+    def param_keys(self) -> tuple:
+        """Names of the trained parameter sets, in level order."""
+        return tuple(dict.fromkeys(self.param_key(k) for k in self.levels))
+
+    def init_params(self, key) -> dict:
+        """Fresh parameters {name: params}; a shared model is initialised at the finest trained level."""
+        params = {}
+        for k in self.levels:
+            name = self.param_key(k)
+            if name not in params:
+                x = jnp.zeros((1,) + self.level_shape(k), jnp.float32)
+                variables = self.model.init({'params': jax.random.fold_in(key, k), 'dropout': key}, x,
+                                            jnp.ones((1,)), train=False)
+                params[name] = variables['params']
+        return params
+
+    def score_fn(self, params: dict, k: int, train=False, dropout_rng=None):
+        """Level-k score callable s_k(x (B, *level_shape(k)), t (B,))."""
+        return get_score_fn(self.model, self.sde, params[self.param_key(k)], train=train, dropout_rng=dropout_rng)
+
+    def t_min(self, k: int) -> float:
+        """Lower end of the training time range of level k: t_k (SPEC section 3) or training.eps."""
+        if k and self.config.subspace.get('train_from_cutoff', True):
+            return self.cutoffs[k - 1]
+        return self.config.training.eps
+
+    def loss(self, params: dict, images, key, train=True):
+        """(sum over trained levels of the level-k DSM loss, {k: loss_k}); images (B, H, W, C) in model space."""
+        tr = self.config.training
+        losses = {}
+        for k in self.levels:
+            dsm_key, drop_key = jax.random.split(jax.random.fold_in(key, k))
+            # The same chain object as the sampler produces U_k^T x0 (one code path for both).
+            x = self.chain.down(images, k) if k else images
+            score = self.score_fn(params, k, train=train, dropout_rng=drop_key)
+            losses[k] = dsm_loss(score, self.sde, x, dsm_key, self.t_min(k),
+                                 reduce='mean' if tr.reduce_mean else 'sum',
+                                 likelihood_weighting=tr.likelihood_weighting)
+        return sum(losses.values()), losses
+
+    def load_stats(self, workdir, compute_if_missing=True, write=True):
+        """PieceStats of the chain from subspace.stats_path or <workdir>; measured on the training set if absent."""
+        if not self.num_levels:
+            return None
+        path = analysis.stats_path(self.config, workdir)
+        if os.path.exists(path):
+            return PieceStats.load(path, self.chain)
+        if not compute_if_missing:
+            raise FileNotFoundError(f'subspace statistics {path} not found: run `main.py --mode=subspace_stats` '
+                                    f'with this config, or set subspace.stats_path')
+        logging.info('no subspace statistics at %s: measuring them on the training set', path)
+        return analysis.subspace_stats(self.config, workdir, chain=self.chain, write=write)
+
+    def sampler(self, stats, sharding=None, **overrides):
+        """(jitted sample(params, key, n) -> (n, H, W, C) model-space images, effective NFE) for the trained levels.
+
+        All levels 0..K trained: the multi-level sampler. Only level 0: the full-space sampler. Only a
+        level k > 0: that level alone from T down to t_k, denoised there and shown up-projected.
+        """
+        cfg = SamplerConfig.from_config(self.config.sampling, **overrides)
+        K = self.num_levels
+        if self.levels == tuple(range(K + 1)):
+            chain, cutoffs, top, shape = self.chain, self.cutoffs, 0, self.level_shape(0)
+        else:
+            top = self.levels[0]
+            chain, cutoffs, shape = None, (), self.level_shape(top)
+            if top:
+                cfg = SamplerConfig.from_config(self.config.sampling, eps=self.cutoffs[top - 1], **overrides)
+
+        levels = range(K + 1) if chain is not None else (top,)
+        sample, nfe = make_sampler(self.sde, cfg, lambda params: [self.score_fn(params, k) for k in levels],
+                                   chain, stats, cutoffs, shape, sharding)
+        if not top:
+            return sample, nfe
+        up = jax.jit(lambda x: self.chain.up(x, top))
+        return (lambda params, key, n: up(sample(params, key, n))), nfe * self.chain.dim(top) / self.chain.dim(0)

@@ -1,0 +1,162 @@
+"""main.py --mode=eval end to end on the offline digits: samples, proxy metrics, bits/dim, resume after a kill."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import pytest
+
+from configs import quick_digits
+from subspace_diffusion import evaluate
+from subspace_diffusion.metrics import fid, proxy
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The smallest NCSN++ that keeps every code path (one resolution, no attn_resolutions) on a 2-level chain.
+TINY = ['--config=configs/quick_digits.py', '--config.subspace.levels=2', '--config.subspace.cutoffs=(0.3,0.6)',
+        '--config.model.nf=8', '--config.model.num_res_blocks=1', '--config.model.ch_mult=(1,)',
+        '--config.model.attn_resolutions=()']
+EVAL = ['--mode=eval', '--config.sampling.num_steps=10', '--config.eval.batch_size=4',
+        '--config.eval.num_samples=128', '--config.eval.enable_bpd=True', '--config.eval.bpd_num_examples=4',
+        '--config.eval.bpd_num_repeats=1', '--config.eval.ode_rtol=1e-3', '--config.eval.ode_atol=1e-3']
+
+
+@pytest.fixture(scope='module')
+def env():
+    # A persistent compilation cache shared by the subprocesses (the rerun of an eval reuses the compiled
+    # sampler) and kept between test sessions: compiling dominates these tests on a small CPU machine.
+    cache = os.environ.get('JAX_COMPILATION_CACHE_DIR') or os.path.join(tempfile.gettempdir(),
+                                                                        'subspace_diffusion_test_jax_cache')
+    return dict(os.environ, JAX_PLATFORMS='cpu', JAX_COMPILATION_CACHE_DIR=cache,
+                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
+
+
+def _cmd(*args):
+    return [sys.executable, os.path.join(ROOT, 'main.py'), *args]
+
+
+def _main(env, *args):
+    return subprocess.run(_cmd(*args), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope='module')
+def classifier_dir(tmp_path_factory):
+    """A directory holding the cached proxy digits classifier (trained once for the module)."""
+    path = tmp_path_factory.mktemp('classifier')
+    proxy.DigitsFeatures(quick_digits.get_config(), str(path))
+    return path
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory, env):
+    """Workdir of a 1-step run of every level of the 2-level chain (train_level=-1)."""
+    workdir = tmp_path_factory.mktemp('run')
+    out = _main(env, '--mode=train', *TINY, f'--workdir={workdir}', '--config.subspace.train_level=-1',
+                '--config.training.n_iters=1', '--config.training.n_jitted_steps=1',
+                '--config.training.snapshot_freq=1', '--config.training.snapshot_freq_for_preemption=2',
+                '--config.training.log_freq=1', '--config.training.snapshot_sampling=False',
+                '--config.training.batch_size=8')
+    assert out.returncode == 0, out.stderr[-3000:]
+    return workdir
+
+
+def test_proxy_frechet_distances(classifier_dir):
+    config = quick_digits.get_config()
+    features = proxy.proxy_feature_fns(config, str(classifier_dir))
+    assert set(features) == {'pixel', 'digits_classifier'}
+    assert features['digits_classifier'].test_accuracy > 0.9
+    train, _ = proxy.digits_split(config, 'train')
+    test, _ = proxy.digits_split(config, 'test')
+    noise = np.random.default_rng(0).random(test.shape, np.float32)
+    for name, fn in features.items():
+        ref = fid.feature_stats(fn(train))
+        same = fid.frechet_distance(*ref, *ref)
+        held_out = fid.frechet_distance(*ref, *fid.feature_stats(fn(test)))
+        far = fid.frechet_distance(*ref, *fid.feature_stats(fn(noise)))
+        # Itself: 0 (up to sqrtm error, the pixel covariance is singular); held-out digits: small; noise: far larger.
+        assert abs(same) < 1e-4 and 0 < held_out < far / 20, (name, same, held_out, far)
+
+
+def test_sample_metrics_with_and_without_inception(tmp_path, classifier_dir, monkeypatch):
+    config = quick_digits.get_config()
+    shutil.copy(classifier_dir / 'proxy_classifier_digits_16.npz', tmp_path)
+    test, _ = proxy.digits_split(config, 'test')
+    images = np.round(test[:64] * 255).astype(np.uint8)
+    without = evaluate.sample_metrics(config, str(tmp_path), images)
+    assert 'fid' not in without and 'skipped' in without['inception_metrics']
+    assert 0 < without['digits_classifier_fd'] < 10 and 0 < without['pixel_fd'] < 10  # held-out digits: close
+
+    # A stand-in for the FID Inception (the real weights are a download): fixed random features and logits.
+    proj = np.random.default_rng(0).normal(size=(256, 24)).astype(np.float32)
+    monkeypatch.setattr(evaluate, '_inception_fn', lambda config: lambda x: (
+        x.reshape(len(x), -1) / 255. @ proj[:, :16], x.reshape(len(x), -1) / 255. @ proj[:, 16:]))
+    with_inception = evaluate.sample_metrics(config, str(tmp_path), images)  # the reference gains Inception stats
+    assert with_inception['fid'] > 0 and with_inception['inception_score'] >= 1 and np.isfinite(with_inception['kid'])
+    assert with_inception['digits_classifier_fd'] == pytest.approx(without['digits_classifier_fd'])
+
+
+def test_bad_workdirs_are_clear_errors(tmp_path):
+    config = quick_digits.get_config()
+    with pytest.raises(FileNotFoundError, match='no checkpoints in .* train that level there first'):
+        evaluate.level_workdirs(config, str(tmp_path), 2)
+    (tmp_path / 'checkpoints').mkdir()
+    with config.unlocked():
+        config.eval.level_workdirs = (str(tmp_path),)
+    with pytest.raises(ValueError, match='give one workdir per level'):
+        evaluate.level_workdirs(config, str(tmp_path), 2)
+
+
+def test_eval_end_to_end_resumes_after_kill(tmp_path, trained, classifier_dir, env):
+    # Evaluate into a fresh workdir with the trained run named per level (eval.level_workdirs).
+    workdir = tmp_path / 'eval_run'
+    workdir.mkdir()
+    shutil.copy(classifier_dir / 'proxy_classifier_digits_16.npz', workdir)
+    args = [*TINY, *EVAL, f'--workdir={workdir}', f'--config.eval.level_workdirs=("{trained}","{trained}","{trained}")']
+    folder = workdir / 'eval' / 'step_1'
+    n_batches = 32
+
+    proc = subprocess.Popen(_cmd(*args), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        deadline = time.time() + 240
+        while not (folder / 'samples_1.npz').exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.01)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    kept = {p.name: np.load(p)['samples'] for p in folder.glob('samples_*.npz')}
+    assert 2 <= len(kept) < n_batches, f'the kill did not land mid-sampling: {proc.stderr.read()[-2000:]}'
+    assert not (folder / 'metrics.json').exists()
+    # Shard 0 is removed so the rerun redoes it: batch i depends on fold_in(key, i) alone, not on the interruption.
+    (folder / 'samples_0.npz').unlink()
+    mtimes = {name: os.stat(folder / name).st_mtime_ns for name in kept if name != 'samples_0.npz'}
+
+    out = _main(env, *args)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f'resuming: {len(kept) - 1} of {n_batches} sample batches already in' in out.stderr
+    shards = [folder / f'samples_{i}.npz' for i in range(n_batches)]
+    assert all(p.exists() for p in shards) and not list(folder.glob('*.tmp'))
+    assert all(os.stat(folder / name).st_mtime_ns == t for name, t in mtimes.items())  # kept, not redone
+    np.testing.assert_array_equal(np.load(shards[0])['samples'], kept['samples_0.npz'])
+    samples = np.concatenate([np.load(p)['samples'] for p in shards])
+    assert samples.shape == (128, 16, 16, 1) and samples.dtype == np.uint8
+    assert (folder / 'samples_grid.png').exists()
+
+    metrics = json.load(open(folder / 'metrics.json'))
+    assert metrics['batches_sampled_this_run'] == n_batches - len(kept) + 1
+    assert metrics['checkpoints']['level_2'] == {'workdir': str(trained), 'step': 1}
+    for key in ('pixel_fd', 'digits_classifier_fd', 'bpd', 'nfe_per_sample', 'samples_per_s'):
+        assert np.isfinite(metrics[key]) and metrics[key] > 0, (key, metrics[key])
+    assert 'skipped' in metrics['inception_metrics']  # no Inception weights offline: the rest still computed
+
+    config = quick_digits.get_config()
+    with config.unlocked():
+        config.eval.begin_ckpt, config.eval.end_ckpt = 5, 9
+    with pytest.raises(ValueError, match=r'archived steps in .*: \[1\]'):
+        evaluate.eval_steps(config, str(trained))

@@ -1,0 +1,259 @@
+"""Training: data-parallel equality, two processes, preemption (SIGKILL / SIGTERM), real data paths, guards."""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from subspace_diffusion import train
+from subspace_diffusion.checkpoints import CheckpointError, Checkpoints
+from subspace_diffusion.experiment import Experiment
+from tiny import tiny_config, tiny_flags
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(TESTS)
+
+
+def _env(**extra):
+    return dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=os.pathsep.join([ROOT, TESTS]), **extra)
+
+
+def _main_cmd(workdir, **overrides):
+    return [sys.executable, os.path.join(ROOT, 'main.py'), '--mode=train', f'--workdir={workdir}',
+            *tiny_flags(**overrides)]
+
+
+def _leaves(params):
+    return [np.asarray(x) for x in jax.tree.leaves(params)]
+
+
+def _assert_same(a, b, **tol):
+    for x, y in zip(_leaves(a), _leaves(b), strict=True):
+        np.testing.assert_allclose(x, y, **tol)
+
+
+EIGHT_DEVICES = r'''
+import jax, numpy as np
+from jax.experimental import multihost_utils
+from subspace_diffusion import data, parallel, train
+from subspace_diffusion.experiment import Experiment
+from tiny import tiny_config
+assert jax.device_count() == 8
+config = tiny_config(subspace__train_level=-1)
+exp = Experiment(config)
+tx = train.make_optimizer(config, exp.param_keys)
+it = data.get_dataset(config, 'train', 16, seed=0)
+batches = [np.stack([next(it)['image'] for _ in range(2)]) for _ in range(2)]
+results = []
+for devices in (jax.devices(), jax.devices()[:1]):
+    mesh = parallel.make_mesh(devices)
+    state = jax.jit(lambda k: train.init_state(exp, tx, k), out_shardings=parallel.replicated(mesh))(
+        jax.random.PRNGKey(0))
+    step = train.make_train_step(exp, tx, mesh, 0, 2)
+    losses = []
+    for b in batches:
+        state, m = step(state, parallel.global_batch(b, mesh, leading_axes=1))
+        losses.append(np.asarray(m['loss']))
+    assert len(state.params['level_0']['Conv_0']['kernel'].sharding.device_set) == len(devices)
+    results.append((np.concatenate(losses), [np.asarray(x) for x in jax.tree.leaves((state.params, state.ema_params))]))
+(l8, p8), (l1, p1) = results
+np.testing.assert_allclose(l8, l1, rtol=1e-5)
+assert not np.allclose(l8[0], l8[-1])
+for a, b in zip(p8, p1):
+    np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6)
+try:
+    parallel.check_batch_size(12, parallel.make_mesh())
+    raise SystemExit('12 examples over 8 devices was accepted')
+except ValueError as e:
+    assert 'not divisible by the 8 device(s)' in str(e), e
+print('OK')
+'''
+
+
+def test_eight_devices_match_one_device():
+    out = subprocess.run([sys.executable, '-c', EIGHT_DEVICES], capture_output=True, text=True, timeout=400,
+                         env=_env(XLA_FLAGS='--xla_force_host_platform_device_count=8'))
+    assert out.returncode == 0 and 'OK' in out.stdout, out.stderr[-3000:]
+
+
+TWO_PROCESSES = r'''
+import sys, jax, numpy as np
+from subspace_diffusion import parallel, train
+pid, port, workdir = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+parallel.initialize_distributed(f'localhost:{port}', 2, pid)
+from tiny import tiny_config
+assert jax.process_count() == 2 and jax.device_count() == 2
+state = train.train(tiny_config(training__n_iters=4), workdir)
+local = lambda tree: [np.asarray(x.addressable_data(0)) for x in jax.tree.leaves(tree)]
+np.savez(f'{workdir}/params_{pid}.npz', *local(state.params), *local(state.ema_params))
+print('OK', pid)
+'''
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(('localhost', 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_train_identically_and_restore_in_one(tmp_path):
+    port = str(_free_port())
+    procs = [subprocess.Popen([sys.executable, '-c', TWO_PROCESSES, str(i), port, str(tmp_path)], env=_env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    outs = [p.communicate(timeout=400) for p in procs]
+    for p, (stdout, stderr) in zip(procs, outs):
+        assert p.returncode == 0 and 'OK' in stdout, stderr[-3000:]
+    with np.load(tmp_path / 'params_0.npz') as f0, np.load(tmp_path / 'params_1.npz') as f1:
+        p0 = [f0[k] for k in f0.files]
+        for k in f0.files:
+            np.testing.assert_array_equal(f0[k], f1[k])
+    # The checkpoint written by both processes restores in a single process (the EMA half of the saved list).
+    ema, step = train.load_trained(tiny_config(), tmp_path)[1:]
+    assert step == 4
+    for a, b in zip(_leaves(ema), p0[len(p0) // 2:], strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def _start(cmd, log):
+    # Output goes to a file: an unread pipe fills up and blocks the child.
+    return subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=open(log, 'w'), text=True)
+
+
+def _wait_for(predicate, proc, log, timeout=300):
+    t0 = time.time()
+    while not predicate():
+        assert proc.poll() is None, open(log).read()[-3000:]
+        assert time.time() - t0 < timeout, 'timed out'
+        time.sleep(0.05)
+
+
+def _preempt_steps(workdir):
+    path = os.path.join(workdir, 'checkpoints', 'preempt')
+    return [int(s) for s in os.listdir(path) if s.isdigit()] if os.path.isdir(path) else []
+
+
+RUN = dict(training__n_iters=120, training__snapshot_freq=60, training__snapshot_freq_for_preemption=10,
+           training__log_freq=10)
+
+
+def test_sigkill_then_rerun_equals_uninterrupted_run(tmp_path):
+    full, killed = tmp_path / 'full', tmp_path / 'killed'
+    ref = _start(_main_cmd(full, **RUN), tmp_path / 'full.log')
+    run = _start(_main_cmd(killed, **RUN), tmp_path / 'killed.log')
+    _wait_for(lambda: _preempt_steps(killed), run, tmp_path / 'killed.log')
+    run.send_signal(signal.SIGKILL)
+    run.wait()
+    stopped_at = max(_preempt_steps(killed))
+    assert stopped_at < 60, 'the run got past its first archive checkpoint before it could be killed'
+    again = subprocess.run(_main_cmd(killed, **RUN), env=_env(), capture_output=True, text=True, timeout=400)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f'resuming from the checkpoint at step {stopped_at}' in again.stderr
+    assert ref.wait(timeout=400) == 0, open(tmp_path / 'full.log').read()[-3000:]
+    config = tiny_config()
+    (a, step_a), (b, step_b) = train.load_trained(config, full)[1:], train.load_trained(config, killed)[1:]
+    assert step_a == step_b == 120
+    _assert_same(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_sigterm_saves_a_checkpoint_and_exits(tmp_path):
+    overrides = dict(RUN, training__snapshot_freq_for_preemption=100)
+    log = tmp_path / 'run.log'
+    run = _start(_main_cmd(tmp_path / 'run', **overrides), log)
+    # The first progress line means training is under way; no checkpoint is due before step 60.
+    _wait_for(lambda: 'it/s' in open(log).read(), run, log)
+    run.send_signal(signal.SIGTERM)
+    assert run.wait(timeout=120) == 143, open(log).read()[-3000:]
+    steps = _preempt_steps(tmp_path / 'run')
+    assert len(steps) == 1 and 0 < steps[0] < 60 and f'SIGTERM: saved step {steps[0]}' in open(log).read()
+
+
+def test_trains_through_tfds_and_from_a_folder(tmp_path):
+    tfds = pytest.importorskip('tensorflow_datasets')
+    config = tiny_config(data__dataset='cifar10', data__num_channels=3, data__random_flip=True,
+                         training__n_iters=4)
+    with tfds.testing.mock_data(num_examples=32):
+        state = train.train(config, tmp_path / 'cifar')
+    assert int(state.step) == 4 and state.params['level_0']['Conv_0']['kernel'].shape[-2] == 3
+    folder = tmp_path / 'images'
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):  # photos of any size and mode are cropped and resized to data.image_size
+        Image.fromarray(rng.integers(0, 256, (20 + i, 24, 3), dtype=np.uint8)).save(folder / f'{i}.png')
+    config = tiny_config(data__dataset='folder', data__num_channels=3, training__n_iters=4)
+    with config.unlocked():
+        config.data.data_dir = str(folder)
+    state = train.train(config, tmp_path / 'folder')
+    assert int(state.step) == 4 and np.isfinite(_leaves(state.params)[0]).all()
+    assert os.listdir(tmp_path / 'folder' / 'checkpoints' / 'archive') == ['4']
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    train.train(tiny_config(training__n_iters=4), tmp_path)
+    good, _ = train.load_trained(tiny_config(), tmp_path)[1:]
+    with pytest.raises(FloatingPointError, match=r'non-finite .* at step 5.*checkpoint \(step 4\) is intact'):
+        train.train(tiny_config(training__n_iters=8, optim__lr=float('nan')), tmp_path)
+    ema, step = train.load_trained(tiny_config(), tmp_path)[1:]
+    assert step == 4
+    _assert_same(ema, good)
+
+
+def test_all_levels_and_shared_parameters(tmp_path):
+    exp = Experiment(tiny_config(subspace__train_level=-1, subspace__levels=1))
+    assert exp.param_keys == ('level_0', 'level_1')
+    shared = Experiment(tiny_config(subspace__train_level=-1, subspace__shared_params=True))
+    assert shared.param_keys == ('shared',)
+    params = shared.init_params(jax.random.PRNGKey(0))
+    # One parameter set serves both resolutions; both levels' losses reach it.
+    total, per_level = shared.loss(params, np.zeros((4, 8, 8, 1), np.float32), jax.random.PRNGKey(1))
+    assert set(per_level) == {0, 1} and np.isfinite(total)
+    grads = jax.grad(lambda p: shared.loss(p, np.ones((4, 8, 8, 1), np.float32), jax.random.PRNGKey(1))[1][1])(
+        params)
+    assert np.abs(_leaves(grads)[0]).sum() > 0
+    state = train.train(tiny_config(subspace__train_level=-1, subspace__shared_params=True, training__n_iters=2,
+                                    training__snapshot_freq=2, training__snapshot_sampling=True), tmp_path)
+    assert set(state.params) == {'shared'}
+    assert os.path.exists(tmp_path / 'samples' / 'step_0000002.png')
+
+
+def test_bad_inputs_are_clear_errors_before_compiling(tmp_path):
+    with pytest.raises(ValueError, match='cannot support 9 pooling level'):
+        train.train(tiny_config(subspace__levels=9, subspace__cutoffs=tuple(0.1 * i for i in range(1, 10))),
+                    tmp_path)
+    with pytest.raises(ValueError, match='train_level=3 is not a level'):
+        train.train(tiny_config(subspace__train_level=3), tmp_path)
+    with pytest.raises(ValueError, match='not a multiple of training.n_jitted_steps'):
+        train.train(tiny_config(training__log_freq=3), tmp_path)
+    config = tiny_config(data__dataset='folder')
+    with config.unlocked():
+        config.data.data_dir = str(tmp_path / 'missing')
+    with pytest.raises(FileNotFoundError, match='dataset folder not found'):
+        train.train(config, tmp_path)
+    # A checkpoint from another model layout, then an unreadable one: clear errors naming the fix.
+    train.train(tiny_config(training__n_iters=2), tmp_path / 'run')
+    with pytest.raises(CheckpointError, match='different setup.*levels'):
+        train.train(tiny_config(training__n_iters=4, subspace__train_level=1), tmp_path / 'run')
+    state_dir = tmp_path / 'run' / 'checkpoints' / 'archive' / '2' / 'state'
+    for root, _, files in os.walk(state_dir):
+        for f in files:
+            open(os.path.join(root, f), 'wb').close()
+    with pytest.raises(CheckpointError, match='cannot be read.*fresh --workdir'):
+        train.train(tiny_config(training__n_iters=4), tmp_path / 'run')
+    assert Checkpoints(tmp_path / 'run', read_only=True).latest_step() == 2
+
+
+def test_main_train_writes_config_events_checkpoint_and_grid(tmp_path):
+    out = subprocess.run(_main_cmd(tmp_path, training__n_iters=4, training__snapshot_sampling=True,
+                                   subspace__train_level=-1), env=_env(), capture_output=True, text=True,
+                         timeout=400)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert 'it/s' in out.stderr and 'ETA' in out.stderr
+    assert os.path.exists(tmp_path / 'config_train.json') and os.listdir(tmp_path / 'tensorboard')
+    grid = np.asarray(Image.open(tmp_path / 'samples' / 'step_0000004.png'))
+    assert grid.ndim == 2 and grid.std() > 0
+    assert sorted(os.listdir(tmp_path / 'checkpoints' / 'archive')) == ['4']

@@ -1,0 +1,30 @@
+"""The quick digits config shrunk for tests: 8 px, one U-Net resolution (compiles fast), batch 16, frequent checkpoints."""
+from configs import quick_digits
+
+TINY = {
+    'data.image_size': 8, 'model.nf': 8, 'model.ch_mult': (1,), 'model.num_res_blocks': 1, 'model.attn_resolutions': (),
+    'training.batch_size': 16, 'training.n_iters': 8, 'training.n_jitted_steps': 2, 'training.log_freq': 2,
+    'training.snapshot_freq': 4, 'training.snapshot_freq_for_preemption': 2, 'training.snapshot_sampling': False,
+    'sampling.num_steps': 10, 'subspace.train_level': 0,
+}
+
+
+def tiny_config(**overrides):
+    """quick_digits with TINY applied, then `overrides` (keys with '__' for '.', e.g. training__n_iters=4)."""
+    config = quick_digits.get_config()
+    for key, value in {**TINY, **{k.replace('__', '.'): v for k, v in overrides.items()}}.items():
+        section, name = key.rsplit('.', 1)
+        node = config
+        for part in section.split('.'):
+            node = node[part]
+        node[name] = value
+    return config
+
+
+def tiny_flags(**overrides):
+    """The same settings as main.py flags: ['--config=configs/quick_digits.py', '--config.a.b=v', ...]."""
+    merged = {**TINY, **{k.replace('__', '.'): v for k, v in overrides.items()}}
+    flags = ['--config=configs/quick_digits.py']
+    for key, value in merged.items():
+        flags.append(f'--config.{key}={value}')
+    return flags
