@@ -8,7 +8,6 @@ pixels per call and the ratios are per image; that keeps small resolutions from 
 import argparse
 import os
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +15,7 @@ import jax.numpy as jnp
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import cifar10_ve_ncsnpp  # noqa: E402
 from subspace_diffusion.models.score import create_model, init_params  # noqa: E402
+from timing import median_time  # noqa: E402
 
 REPEATS = 3
 
@@ -30,17 +30,6 @@ def _flops(lowered):
     if isinstance(cost, (list, tuple)):
         cost = cost[0]
     return float(cost.get("flops", float("nan")))
-
-
-def _time(fn, *args):
-    """Median wall seconds of REPEATS calls of an already compiled fn."""
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(REPEATS):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
 
 
 def main():
@@ -67,8 +56,8 @@ def main():
         fwd = jax.jit(forward).lower(params, x, t)
         bwd = jax.jit(jax.grad(loss)).lower(params, x, t)
         # Per-image figures, so that runs with different batches per resolution compare directly.
-        rows[r] = [v / batch for v in (_time(fwd.compile(), params, x, t), _flops(fwd),
-                                       _time(bwd.compile(), params, x, t), _flops(bwd))]
+        rows[r] = [v / batch for v in (median_time(fwd.compile(), params, x, t, reps=REPEATS), _flops(fwd),
+                                       median_time(bwd.compile(), params, x, t, reps=REPEATS), _flops(bwd))]
 
     print(f"CIFAR-10 VE NCSN++ (62.8M params), batch {args.batch} at 32 px"
           f"{' scaled by (32/res)^2' if args.equal_pixels else ''}, device {jax.devices()[0].device_kind}\n")

@@ -6,7 +6,6 @@ The score function is a cheap 3-layer convolutional net with fixed random weight
 the number of pixels, like a real score network, and it needs no training.
 """
 import argparse
-import time
 
 import jax
 import jax.numpy as jnp
@@ -15,6 +14,7 @@ import numpy as np
 from subspace_diffusion.sampling import SamplerConfig, langevin_step, predictor_step, pc_sample, split_grid
 from subspace_diffusion.sde import SDE
 from subspace_diffusion.subspaces import PieceStats, PoolingChain
+from timing import median_time
 
 
 def conv_score(width, channels, key):
@@ -31,17 +31,6 @@ def conv_score(width, channels, key):
         return conv(h, w3) - x
 
     return score
-
-
-def timeit(fn, *args, reps=5):
-    """Median wall time (s) of a compiled call, after one warm-up."""
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
 
 
 def main():
@@ -65,14 +54,14 @@ def main():
     per_level = []
     for k in range(3):
         x = jnp.ones((args.batch,) + chain.shapes[k])
-        per_level.append(timeit(jax.jit(score), x, jnp.ones(args.batch)))
+        per_level.append(median_time(jax.jit(score), x, jnp.ones(args.batch)))
     _, spans = split_grid(args.steps, sde.default_eps, 1.0, args.cutoffs)
     calls = {k: 2 * (b - a) for k, (a, b) in spans.items()}  # predictor + 1 corrector per grid point
     ideal = sum(calls[k] * per_level[k] for k in calls) / (sum(calls.values()) * per_level[0])
 
     full = jax.jit(lambda key: pc_sample(key, args.batch, sde, [score], cfg, shape=chain.shapes[0])[0])
     sub = jax.jit(lambda key: pc_sample(key, args.batch, sde, fns, cfg, chain, stats, args.cutoffs)[0])
-    t_full, t_sub = timeit(full, key, reps=3), timeit(sub, key, reps=3)
+    t_full, t_sub = median_time(full, key, reps=3), median_time(sub, key, reps=3)
 
     grid = np.linspace(1.0, sde.default_eps, args.steps)
 
@@ -88,7 +77,7 @@ def main():
             x = one_step(x, k, grid[i], grid[i + 1])
         return x
 
-    t_loop = timeit(loop, key, reps=3)
+    t_loop = median_time(loop, key, reps=3)
 
     print(f'## Sampler benchmark ({jax.devices()[0].device_kind}, batch {args.batch}, {args.size}px, '
           f'{args.steps} steps, width {args.width}, cutoffs {tuple(args.cutoffs)})\n')

@@ -117,19 +117,16 @@ class Experiment:
         All levels 0..K trained: the multi-level sampler. Only level 0: the full-space sampler. Only a
         level k > 0: that level alone from T down to t_k, denoised there and shown up-projected.
         """
-        cfg = SamplerConfig.from_config(self.config.sampling, **overrides)
         K = self.num_levels
         if self.levels == tuple(range(K + 1)):
-            chain, cutoffs, top, shape = self.chain, self.cutoffs, 0, self.level_shape(0)
-        else:
-            top = self.levels[0]
-            chain, cutoffs, shape = None, (), self.level_shape(top)
+            chain, cutoffs, top = self.chain, self.cutoffs, 0
+        else:  # a single trained level
+            chain, cutoffs, top = None, (), self.levels[0]
             if top:
-                cfg = SamplerConfig.from_config(self.config.sampling, eps=self.cutoffs[top - 1], **overrides)
-
-        levels = range(K + 1) if chain is not None else (top,)
-        sample, nfe = make_sampler(self.sde, cfg, lambda params: [self.score_fn(params, k) for k in levels],
-                                   chain, stats, cutoffs, shape, sharding)
+                overrides = {'eps': self.cutoffs[top - 1], **overrides}
+        cfg = SamplerConfig.from_config(self.config.sampling, **overrides)
+        sample, nfe = make_sampler(self.sde, cfg, lambda params: [self.score_fn(params, k) for k in self.levels],
+                                   chain, stats, cutoffs, self.level_shape(top), sharding)
         if not top:
             return sample, nfe
         up = jax.jit(lambda x: self.chain.up(x, top))
