@@ -55,7 +55,7 @@ def main():
     for k in range(3):
         x = jnp.ones((args.batch,) + chain.shapes[k])
         per_level.append(median_time(jax.jit(score), x, jnp.ones(args.batch)))
-    _, spans = split_grid(args.steps, sde.default_eps, 1.0, args.cutoffs)
+    _, spans = split_grid(args.steps, sde.sampling_eps, 1.0, args.cutoffs)
     calls = {k: 2 * (b - a) for k, (a, b) in spans.items()}  # predictor + 1 corrector per grid point
     ideal = sum(calls[k] * per_level[k] for k in calls) / (sum(calls.values()) * per_level[0])
 
@@ -63,7 +63,7 @@ def main():
     sub = jax.jit(lambda key: pc_sample(key, args.batch, sde, fns, cfg, chain, stats, args.cutoffs)[0])
     t_full, t_sub = median_time(full, key, reps=3), median_time(sub, key, reps=3)
 
-    grid = np.linspace(1.0, sde.default_eps, args.steps)
+    grid = np.linspace(1.0, sde.sampling_eps, args.steps)
 
     @jax.jit
     def one_step(x, key, t, s):

@@ -6,4 +6,5 @@ def get_config():
     """Return the sub-VP DDPM++ deep CIFAR-10 config."""
     config = cifar10_subvp_ddpmpp.get_config()
     config.model.num_res_blocks = 8
+    config.training.n_iters = 950000  # reference: 950,001
     return config

@@ -9,7 +9,9 @@ def get_config():
     config.training.n_iters = 2400000
     config.training.snapshot_freq = 50000
     config.training.snapshot_sampling = True
-    config.sampling.snr = 0.075
+    config.sampling.snr = 0.075  # reference configs/default_lsun_configs.py (which the CelebA-HQ-256 config uses)
+    config.sampling.num_steps = 2000  # model.num_scales
+    config.sampling.cond_snr = 0.5  # reference README: --langevin_snr 0.5 for CelebA and LSUN
     config.eval.batch_size = 64
     config.eval.num_samples = 50000
 
@@ -33,5 +35,5 @@ def get_config():
     config.optim.lr = 2e-4
     config.subspace.levels = 1
     config.subspace.factor = 4  # one 64x64 subspace, as in the paper
-    config.subspace.cutoffs = (0.405,)
+    config.subspace.cutoffs = (0.405,)  # CelebA 64x64 cutoff at 3e-3 (paper, SPEC 4)
     return config

@@ -20,17 +20,21 @@ def get_config():
     training.likelihood_weighting = False
     training.reduce_mean = False
 
+    # Sources: score_sde_pytorch configs/ve/cifar10_ncsnpp_continuous.py (predictor, corrector, snr, num_scales)
+    # and subspace-diffusion's subspace_sample.py (eps, conditional Langevin) and README (cond_snr for CIFAR-10 VE).
     config.sampling = sampling = ml_collections.ConfigDict()
     sampling.method = "pc"
     sampling.predictor = "reverse_diffusion"
     sampling.corrector = "langevin"
     sampling.n_steps_each = 1
     sampling.noise_removal = True
-    sampling.probability_flow = False
     sampling.snr = 0.16
-    sampling.num_steps = 1000
-    sampling.cond_langevin_steps = 0  # conditional Langevin steps on the new directions after each lift
-    sampling.cond_snr = 0.22
+    sampling.num_steps = 1000  # model.num_scales of the reference: its stages share these N points
+    sampling.eps = 1e-5  # subspace_sample.py samples down to 1e-5 (score-SDE: 1e-5 VE, 1e-3 VP / sub-VP)
+    sampling.cond_langevin_steps = 2  # --langevin_steps: conditional Langevin steps on the new directions after a lift
+    sampling.cond_snr = 0.22  # --langevin_snr for CIFAR-10 NCSN++
+    # VP / sub-VP Langevin step times alpha_i as score-SDE; the reference leaves sub-VP's unscaled. No effect for VE.
+    sampling.scale_langevin = True
 
     config.eval = evaluate = ml_collections.ConfigDict()
     # Local FID-Inception weights (pytorch-fid state_dict as .npz or .pth); see subspace_diffusion/metrics/inception.py.
@@ -53,6 +57,7 @@ def get_config():
     evaluate.bpd_num_examples = 0  # cap on bits/dim examples; 0 = the whole split
     evaluate.ode_rtol = 1e-5  # probability-flow ODE tolerances (bits/dim and sampling.method='ode')
     evaluate.ode_atol = 1e-5
+    evaluate.likelihood_eps = 1e-5  # the bits/dim ODE starts here for every SDE, as score-SDE's likelihood.py
     # Reference statistics for FID / KID and the proxy Frechet distances (main.py --mode=fid_stats writes
     # them; eval computes them when missing). "": <workdir>/ref_stats_<dataset>_<image_size>.npz.
     evaluate.ref_stats_path = ""
@@ -64,12 +69,16 @@ def get_config():
     evaluate.cond_mask_fraction = 0.5  # share of missing pixels for cond_mask='random'
 
     config.data = data = ml_collections.ConfigDict()
-    data.dataset = "CIFAR10"
+    data.dataset = "CIFAR10"  # digits, folder, cifar10, celebahq, lsun, ffhq (case, '-' and '_' ignored)
     data.image_size = 32
     data.random_flip = True
     data.centered = False
     data.uniform_dequantization = False
     data.num_channels = 3
+    data.data_dir = ""  # dataset 'folder': the folder of images (searched recursively)
+    data.tfds_data_dir = ""  # TFDS datasets: where `tfds build` prepared them ("" = TFDS's default)
+    data.tfrecords_path = ""  # score-SDE TFRecords (a glob) for ffhq, and for celebahq instead of TFDS
+    data.category = ""  # dataset 'lsun': the category, e.g. church_outdoor
 
     config.sde = sde = ml_collections.ConfigDict()
     sde.kind = "ve"
@@ -93,6 +102,9 @@ def get_config():
     model.ch_mult = (1, 2, 2, 2)
     model.num_res_blocks = 4
     model.attn_resolutions = (16,)
+    # 'resolution': attention where the input's pixel size is in attn_resolutions, as the reference builds a
+    # level's network; 'depth': at the full-space network's depths at every level (one shared network).
+    model.attention_placement = "resolution"
     model.resamp_with_conv = True
     model.conditional = True
     model.fir = True
@@ -115,13 +127,18 @@ def get_config():
 
     config.subspace = subspace = ml_collections.ConfigDict()
     subspace.kind = "pooling"
-    subspace.levels = 2  # 32 -> 16 -> 8
+    # The reference samples with one subspace: 16x16 here (levels=1, factor=2); the 8x8 one is levels=1,
+    # factor=4, cutoffs=(0.558,); both in a chain: levels=2, cutoffs=(0.516, 0.558).
+    subspace.levels = 1
     subspace.factor = 2
-    subspace.cutoffs = (0.516, 0.558)
+    subspace.cutoffs = (0.516,)  # orthogonal Fisher divergence 3e-3 cutoff of the NCSN++ model (paper, SPEC 4)
     subspace.stats_path = ""
     subspace.train_level = 0  # level whose network is trained: 0 = full space, k, or -1 = every level
     subspace.train_from_cutoff = True  # level k > 0 trains on t ~ U(t_k, T); False: U(training.eps, T)
     subspace.shared_params = False
+    # Level networks see scaler(D^k u) (pool [0,1] images, then scale) as in the reference, instead of D^k scaler(u):
+    # differs only for centred data, where the published DDPM++ subspace networks need it.
+    subspace.scale_after_pooling = False
     # --mode=cutoffs (SPEC section 4): orthogonal Fisher divergence of the full-space model on a grid of
     # cutoff_times_num times in [eps, T] over cutoff_num_examples training images; cutoff where D < cutoff_threshold.
     subspace.cutoff_times_num = 21

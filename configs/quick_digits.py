@@ -12,6 +12,7 @@ def get_config():
     config.training.snapshot_freq_for_preemption = 200
     config.training.log_freq = 100
     config.sampling.num_steps = 100
+    config.sampling.cond_langevin_steps = 0
     config.eval.batch_size = 64
     config.eval.num_samples = 256
 
@@ -25,6 +26,7 @@ def get_config():
     config.model.ch_mult = (1, 2)
     config.model.num_res_blocks = 1
     config.model.attn_resolutions = (8,)
+    config.model.attention_placement = "depth"  # one architecture at every level, so it can also be shared
     config.model.dropout = 0.0
     config.model.ema_rate = 0.99  # a 1,500-step run: a 0.999 average would still carry the first steps' weights
     config.model.fourier_scale = 16.0

@@ -32,11 +32,7 @@ def build_chain(config) -> Chain:
 def training_batches(config, batch_size=256):
     """One pass over the training images (B, H, W, C) in model space, without flips or dequantisation."""
     # Statistics describe the data itself: no flips, no dequantisation noise.
-    config = config.copy_and_resolve_references()
-    with config.unlocked():
-        config.data.random_flip = False
-        config.data.uniform_dequantization = False
-    return (b['image'] for b in data.get_dataset(config, 'train', batch_size, repeat=False))
+    return (b['image'] for b in data.get_dataset(config, 'train', batch_size, augment=False, repeat=False))
 
 
 def stats_path(config, workdir):

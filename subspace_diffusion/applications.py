@@ -8,7 +8,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from subspace_diffusion import analysis, conditional, data, train
+from subspace_diffusion import analysis, conditional, data, loading
 from subspace_diffusion.cutoffs import choose_cutoff, fisher_divergence_curve
 from subspace_diffusion.images import save_image_grid
 from subspace_diffusion.sampling import SamplerConfig
@@ -28,14 +28,14 @@ def cutoffs_mode(config, workdir):
     sub = config.subspace
     if not sub.levels:
         raise ValueError('--mode=cutoffs needs a subspace chain: set subspace.levels >= 1')
-    exp, params, step = train.load_trained(config, workdir)
+    exp, params, step = loading.load_trained(config, workdir)
     if 0 not in exp.levels:
         raise ValueError(f'the checkpoint in {workdir} holds levels {list(exp.levels)}, not the full-space model '
                          f'(level 0) that the Fisher divergence needs: train with subspace.train_level=0 or -1')
     stats = exp.load_stats(workdir)
     score = exp.score_fn(params, 0)
     sde, chain = exp.sde, exp.chain
-    ts = np.linspace(sde.default_eps, sde.T, sub.cutoff_times_num)
+    ts = np.linspace(sde.sampling_eps, sde.T, sub.cutoff_times_num)
     n = sub.cutoff_num_examples
     logging.info('cutoffs: full-space model at step %d, %d times in [%.0e, %g], %d training examples per level',
                  step, len(ts), ts[0], ts[-1], n)
@@ -90,15 +90,10 @@ def load_folder(folder, size, channels):
     """(file stems, (N, size, size, channels) float32 in [0, 1]) of every image in `folder`, centre-cropped."""
     if not folder or not os.path.isdir(folder):
         raise FileNotFoundError(f'input folder not found: config.eval.cond_input_dir={folder!r}')
-    paths = sorted(os.path.join(folder, f) for f in os.listdir(folder) if f.lower().endswith(data.IMAGE_EXTENSIONS))
+    paths = data.image_files(folder)
     if not paths:
-        raise ValueError(f'no {"/".join(data.IMAGE_EXTENSIONS)} images in {folder}')
-    images = []
-    for p in paths:
-        with Image.open(p) as img:
-            img = data.center_crop_resize(img.convert('L' if channels == 1 else 'RGB'), size)
-            images.append(np.asarray(img, np.float32).reshape(size, size, channels) / 255.)
-    return [os.path.splitext(os.path.basename(p))[0] for p in paths], np.stack(images)
+        raise ValueError(f'no {"/".join(data.IMAGE_EXTENSIONS)} images in {folder} (config.eval.cond_input_dir)')
+    return [os.path.splitext(os.path.basename(p))[0] for p in paths], data.load_images(paths, size, channels)
 
 
 def _inpaint_masks(config, n, shape):
@@ -120,7 +115,7 @@ def _conditional_job(config, workdir, task):
     c = config.data.num_channels
     if task == 'colorize' and c != 3:
         raise ValueError(f'colourisation needs colour data (data.num_channels=3), this config has {c} channel(s)')
-    exp, params, step = train.load_trained(config, workdir)
+    exp, params, step = loading.load_trained(config, workdir)
     K = exp.num_levels
     if K and exp.levels == tuple(range(K + 1)):
         levels, chain, stats, cutoffs = range(K + 1), exp.chain, exp.load_stats(workdir), exp.cutoffs

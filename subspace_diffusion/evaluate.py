@@ -23,11 +23,12 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from subspace_diffusion import data, likelihood, parallel, train
+from subspace_diffusion import data, likelihood, loading, parallel
 from subspace_diffusion.checkpoints import Checkpoints
 from subspace_diffusion.experiment import ALL_LEVELS, Experiment
 from subspace_diffusion.images import save_image_grid
 from subspace_diffusion.metrics import fid, inception, proxy
+from subspace_diffusion.progress import fmt_duration
 
 SAMPLE_STREAM, BPD_STREAM = 3, 4  # fold_in indices of eval randomness (training uses 0..2)
 KID_REFERENCE_FEATURES = 10_000  # reference Inception features kept for KID (its subsets hold 1,000)
@@ -188,7 +189,7 @@ def load_level_params(config, dirs, step, mesh):
     for k, d in enumerate(dirs):
         want = step if d == dirs[0] else None
         if (d, want) not in loaded:
-            loaded[(d, want)] = train.load_trained(config, d, want, mesh)[1:]
+            loaded[(d, want)] = loading.load_trained(config, d, want, mesh)[1:]
         ema, got = loaded[(d, want)]
         name = 'shared' if 'shared' in ema else f'level_{k}'
         if name not in ema:
@@ -201,7 +202,7 @@ def load_level_params(config, dirs, step, mesh):
 
 
 def _eta(seconds_per_item, items_left) -> str:
-    return train._fmt_time(seconds_per_item * items_left)
+    return fmt_duration(seconds_per_item * items_left)
 
 
 def _gather(x) -> np.ndarray:
@@ -219,7 +220,7 @@ def make_sample_fn(exp: Experiment, stats, mesh, batch_size):
     if config.sampling.method != 'ode':
         raise ValueError(f"sampling.method={config.sampling.method!r} is not supported: use 'pc' or 'ode'")
     K, ev = exp.num_levels, config.eval
-    eps = config.sampling.get('eps') or exp.sde.default_eps
+    eps = config.sampling.eps or exp.sde.sampling_eps
 
     def ode(params, key):
         scores = [exp.score_fn(params, k) for k in range(K + 1)]
@@ -331,7 +332,7 @@ def bits_per_dim(config, exp: Experiment, stats, params, mesh) -> dict:
         x = scaler(likelihood.dequantize(kd, x01))
         scores = [exp.score_fn(params, k) for k in range(K + 1)]
         logp, _, n_evals = likelihood.log_likelihood(kl, x, exp.sde, scores, exp.chain, stats, exp.cutoffs,
-                                                     rtol=ev.ode_rtol, atol=ev.ode_atol)
+                                                     eps=ev.likelihood_eps, rtol=ev.ode_rtol, atol=ev.ode_atol)
         return likelihood.bits_per_dim(logp, math.prod(x.shape[1:]), config.data.centered), n_evals
 
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed), BPD_STREAM)

@@ -11,29 +11,37 @@ from absl import logging
 
 from subspace_diffusion import analysis
 from subspace_diffusion.losses import dsm_loss
-from subspace_diffusion.models.score import create_model, get_score_fn
+from subspace_diffusion.data import data_offset
+from subspace_diffusion.models.ncsnpp import NCSNpp, Network, check_input_size
+from subspace_diffusion.models.score import get_score_fn
 from subspace_diffusion.sampling import SamplerConfig, check_cutoffs, make_sampler
-from subspace_diffusion.sde import make_sde
+from subspace_diffusion.sde import _bcast, make_sde
 from subspace_diffusion.subspaces import PieceStats
 
 ALL_LEVELS = -1  # subspace.train_level value that trains every level of the chain in one run
 
 
 class Experiment:
-    """SDE, chain, cutoffs, model and trained levels of one config; builds losses, scores and samplers."""
+    """SDE, chain, cutoffs, model and trained levels of one config; builds losses, scores and samplers.
 
-    def __init__(self, config):
+    `levels` and `shared` name the parameter sets explicitly (a checkpoint's record, an import); left
+    out, they come from subspace.train_level and subspace.shared_params.
+    """
+
+    def __init__(self, config, levels=None, shared=None):
         self.config = config
         sub = config.subspace
         self.sde = make_sde(config.sde)
         self.chain = analysis.build_chain(config) if sub.levels else None
         K = self.num_levels
         self.cutoffs = tuple(check_cutoffs(sub.cutoffs, K, self.sde.T)) if K else ()
-        if sub.train_level == ALL_LEVELS:
+        if levels is not None:
+            self.levels = tuple(sorted(levels))
+        elif sub.train_level == ALL_LEVELS:
             self.levels = tuple(range(K + 1))
-        elif 0 <= sub.train_level <= K:
-            self.levels = (sub.train_level,)
         else:
+            self.levels = (sub.train_level,)
+        if not self.levels or any(not 0 <= k <= K for k in self.levels):
             raise ValueError(f'subspace.train_level={sub.train_level} is not a level of the {K}-level chain: '
                              f'use 0..{K}, or {ALL_LEVELS} to train every level in one run')
         for k in self.levels:
@@ -41,8 +49,18 @@ class Experiment:
                 raise ValueError(f'subspace.kind={sub.kind!r} gives level-{k} coordinates of shape '
                                  f'{self.level_shape(k)}, not an image: a level-k network needs '
                                  f"subspace.kind='pooling' or 'patch_pca'")
-        self.shared = bool(sub.shared_params)
-        self.model = create_model(config)
+        self.shared = bool(sub.shared_params) if shared is None else shared
+        self.network = Network.from_config(config)
+        sizes = {self.level_shape(k)[1] for k in self.levels}
+        if self.shared and len(sizes) > 1 and self.network.attention_placement == 'resolution':
+            raise ValueError("subspace.shared_params=True runs one network at several resolutions, which needs "
+                             "the same attention blocks at each: set config.model.attention_placement='depth'")
+        for k in self.levels:
+            check_input_size((1,) + self.level_shape(k), self.network)
+        if sub.scale_after_pooling and sub.kind != 'pooling':
+            raise ValueError(f"subspace.scale_after_pooling=True is the reference's pooling convention; "
+                             f"subspace.kind={sub.kind!r} needs subspace.scale_after_pooling=False")
+        self.model = NCSNpp(net=self.network)
 
     @property
     def num_levels(self) -> int:
@@ -76,7 +94,27 @@ class Experiment:
 
     def score_fn(self, params: dict, k: int, train=False, dropout_rng=None):
         """Level-k score callable s_k(x (B, *level_shape(k)), t (B,))."""
-        return get_score_fn(self.model, self.sde, params[self.param_key(k)], train=train, dropout_rng=dropout_rng)
+        score = get_score_fn(self.model, self.sde, params[self.param_key(k)], train=train, dropout_rng=dropout_rng)
+        offset = self.input_offset(k)
+        if offset is None:
+            return score
+        # The network was trained on scaler(U_k^T u) = U_k^T x + offset: feed it x + alpha(t) offset.
+        return lambda x, t: score(x + _bcast(self.sde.alpha(t), x) * offset, t)
+
+    def input_offset(self, k: int):
+        """Constant added to level-k coordinates before the network under subspace.scale_after_pooling, or None.
+
+        The reference pools [0,1] images and then applies the data scaler, so its level-k network sees
+        scaler(D^k u) = D^k x + b (1 - D^k 1) for scaler(u) = a u + b, not D^k x: for centred data and
+        pooling by 2 that is +1 at 16x16 and +3 at 8x8 of CIFAR-10 (models/subspace_model.py there).
+        """
+        if not k or not self.config.subspace.scale_after_pooling:
+            return None
+        shift = data_offset(self.config.data.centered)
+        if not shift:
+            return None
+        ones = jnp.ones((1,) + self.level_shape(0), jnp.float32)
+        return shift * (1.0 - self.chain.down(ones, k)[0])
 
     def t_min(self, k: int) -> float:
         """Lower end of the training time range of level k: t_k (SPEC section 3) or training.eps."""

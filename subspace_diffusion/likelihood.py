@@ -13,6 +13,8 @@ import jax.numpy as jnp
 from subspace_diffusion.sampling import check_cutoffs, implicit_score, lift_variance
 from subspace_diffusion.sde import SDE
 
+LIKELIHOOD_EPS = 1e-5  # start of the likelihood ODE for every SDE (score-SDE and the reference)
+
 # Dormand-Prince 5(4) tableau: nodes, stage weights, 5th-order weights, and 5th-minus-4th-order weights.
 _C = (0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0)
 _A = ((), (1 / 5,), (3 / 40, 9 / 40), (44 / 45, -56 / 15, 32 / 9),
@@ -117,8 +119,11 @@ def ode_drift_and_div(sde: SDE, chain, stats, level_scores: Sequence[Callable], 
 
 
 def log_likelihood(key, x, sde: SDE, level_scores: Sequence[Callable], chain=None, stats=None, cutoffs=(),
-                   trace: str = 'rademacher', eps: float = None, rtol: float = 1e-5, atol: float = 1e-5):
-    """(log p(x) in model space (nats, (B,)), x_T (B, ...), solver NFE) by the probability-flow ODE from eps to T."""
+                   trace: str = 'rademacher', eps: float = LIKELIHOOD_EPS, rtol: float = 1e-5, atol: float = 1e-5):
+    """(log p(x) in model space (nats, (B,)), x_T (B, ...), solver NFE) by the probability-flow ODE from eps to T.
+
+    eps is 1e-5 for every SDE by default, as score-SDE's likelihood; it is not the sampling eps.
+    """
     if trace not in ('rademacher', 'gaussian', 'exact'):
         raise ValueError(f"trace must be 'rademacher', 'gaussian' or 'exact', got {trace!r}")
     K = chain.num_levels if chain is not None else 0
@@ -132,7 +137,6 @@ def log_likelihood(key, x, sde: SDE, level_scores: Sequence[Callable], chain=Non
             'exact': lambda k, s: None}[trace]
     probes = [draw(keys[k], (x.shape[0],) + tuple(shapes[k])) for k in range(K + 1)]
     fn = ode_drift_and_div(sde, chain, stats, level_scores, cutoffs, probes, trace)
-    eps = sde.default_eps if eps is None else eps
     (z, delta), n_evals = odeint(fn, (x, jnp.zeros(x.shape[0], x.dtype)), eps, sde.T, rtol, atol)
     return sde.prior_logp(z) + delta, z, n_evals
 
@@ -144,7 +148,7 @@ def ode_sample(key, batch_size, sde: SDE, level_scores, shape, chain=None, stats
     cutoffs = check_cutoffs(cutoffs, K, sde.T)
     fn = ode_drift_and_div(sde, chain, stats, level_scores, cutoffs, [None] * (K + 1), 'none')
     x = sde.prior_sample(key, (batch_size,) + tuple(shape))
-    eps = sde.default_eps if eps is None else eps
+    eps = sde.sampling_eps if eps is None else eps
     (x, _), n_evals = odeint(fn, (x, jnp.zeros(batch_size)), sde.T, eps, rtol, atol)
     return x, n_evals
 

@@ -31,7 +31,8 @@ class SamplerConfig:
     cond_langevin_steps: int = 0  # conditional Langevin steps after each lift (SPEC section 3, step 4)
     cond_snr: float = 0.22
     denoise: bool = True
-    eps: Optional[float] = None  # defaults to sde.default_eps
+    eps: Optional[float] = None  # defaults to sde.sampling_eps
+    scale_langevin: bool = True  # VP / sub-VP: Langevin step times the one-step alpha ratio squared (score-SDE)
 
     def __post_init__(self):
         if self.predictor not in PREDICTORS:
@@ -46,9 +47,9 @@ class SamplerConfig:
         """From a config's `sampling` section (score-SDE field names)."""
         fields = dict(num_steps=sampling.num_steps, predictor=sampling.predictor, corrector=sampling.corrector,
                       snr=sampling.snr, n_corrector_steps=sampling.n_steps_each,
-                      cond_langevin_steps=sampling.get('cond_langevin_steps', 0),
-                      cond_snr=sampling.get('cond_snr', 0.22), denoise=sampling.noise_removal,
-                      eps=sampling.get('eps') or None)
+                      cond_langevin_steps=sampling.cond_langevin_steps,
+                      cond_snr=sampling.cond_snr, denoise=sampling.noise_removal, eps=sampling.eps or None,
+                      scale_langevin=sampling.scale_langevin)
         fields.update(overrides)
         return cls(**fields)
 
@@ -175,7 +176,7 @@ def pc_sample(key, batch_size: int, sde: SDE, score_fns: Sequence[Callable], cfg
     if K:
         stats.check(chain)
     shapes = chain.shapes if chain is not None else (tuple(shape),)
-    eps = sde.default_eps if cfg.eps is None else cfg.eps
+    eps = sde.sampling_eps if cfg.eps is None else cfg.eps
     grid, spans = split_grid(cfg.num_steps, eps, sde.T, cutoffs)
     n = cfg.num_steps
 
@@ -184,7 +185,7 @@ def pc_sample(key, batch_size: int, sde: SDE, score_fns: Sequence[Callable], cfg
 
     # score-SDE scales VP Langevin steps by alpha_i = 1 - beta_i; here the one-step alpha ratio squared.
     ratio = sde.transition(jnp.asarray(grid[1:], dtype), jnp.asarray(grid[:-1], dtype))[0] ** 2
-    langevin_a = jnp.concatenate([ratio, ratio[-1:]])
+    langevin_a = jnp.concatenate([ratio, ratio[-1:]]) if cfg.scale_langevin else jnp.ones(n, dtype)
 
     def run_stage(k, x, key, start, stop):
         score_fn = score_fns[k]
@@ -245,6 +246,6 @@ def make_sampler(sde: SDE, cfg: SamplerConfig, build_scores: Callable, chain=Non
         return pc_sample(key, batch_size, sde, build_scores(params), cfg, chain, stats, cutoffs, shape, sharding)[0]
 
     K = chain.num_levels if chain is not None else 0
-    eps = sde.default_eps if cfg.eps is None else cfg.eps
+    eps = sde.sampling_eps if cfg.eps is None else cfg.eps
     _, spans = split_grid(cfg.num_steps, eps, sde.T, check_cutoffs(cutoffs, K, sde.T))
     return jax.jit(sample, static_argnums=2), effective_nfe(cfg, chain, spans)

@@ -36,8 +36,8 @@ class SDE:
             raise ValueError(f'VP needs 0 <= beta_min < beta_max, got {self.beta_min}, {self.beta_max}')
 
     @property
-    def default_eps(self) -> float:
-        """Smallest sampling / likelihood time (1e-5 for VE, 1e-3 otherwise)."""
+    def sampling_eps(self) -> float:
+        """score-SDE's default smallest sampling time: 1e-5 for VE, 1e-3 otherwise (likelihoods use 1e-5)."""
         return 1e-5 if self.kind == 've' else 1e-3
 
     def beta(self, t):

@@ -10,7 +10,6 @@ import os
 import signal
 import time
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,63 +19,10 @@ from jax.experimental import multihost_utils
 
 from subspace_diffusion import data, parallel
 from subspace_diffusion.checkpoints import ARCHIVE, PREEMPT, Checkpoints
-from subspace_diffusion.experiment import ALL_LEVELS, Experiment
+from subspace_diffusion.experiment import Experiment
 from subspace_diffusion.images import save_image_grid
-
-
-class TrainState(flax.struct.PyTreeNode):
-    """Everything a checkpoint must hold to resume: step, parameters, their EMA and the optimiser state."""
-
-    step: jax.Array
-    params: dict
-    ema_params: dict
-    opt_state: optax.OptState
-
-
-def learning_rate(config):
-    """Schedule step -> lr: linear warmup over optim.warmup steps to optim.lr, then constant (score-SDE)."""
-    lr, warmup = config.optim.lr, config.optim.warmup
-    if warmup <= 0:
-        return lambda step: jnp.asarray(lr, jnp.float32)
-    return lambda step: lr * jnp.minimum((step + 1) / warmup, 1.0)
-
-
-def make_optimizer(config, param_keys) -> optax.GradientTransformation:
-    """Global-norm clipping then Adam(W), applied to each parameter set independently.
-
-    Clipping per set keeps a multi-level run identical to training each level on its own.
-    """
-    o = config.optim
-    if o.optimizer.lower() not in ('adam', 'adamw'):
-        raise ValueError(f"config.optim.optimizer={o.optimizer!r} is not supported: use 'Adam'")
-    schedule = learning_rate(config)
-
-    def one():
-        clip = [optax.clip_by_global_norm(o.grad_clip)] if o.grad_clip > 0 else []
-        adam = optax.adamw(schedule, b1=o.beta1, eps=o.eps, weight_decay=o.weight_decay)
-        return optax.chain(*clip, adam)
-
-    return optax.multi_transform({k: one() for k in param_keys},
-                                 lambda params: {k: jax.tree.map(lambda _: k, v) for k, v in params.items()})
-
-
-def init_state(exp: Experiment, tx, key) -> TrainState:
-    """Fresh state: step 0, new parameters, EMA equal to them."""
-    params = exp.init_params(key)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params, opt_state=tx.init(params))
-
-
-def abstract_state(exp: Experiment, tx, mesh):
-    """Shapes, dtypes and (replicated) shardings of the train state, for restoring without initialising."""
-    shapes = jax.eval_shape(lambda k: init_state(exp, tx, k), jax.random.PRNGKey(0))
-    repl = parallel.replicated(mesh)
-    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=repl), shapes)
-
-
-def checkpoint_meta(exp: Experiment) -> dict:
-    """What a checkpoint must agree on with the config that restores it."""
-    return {'param_keys': list(exp.param_keys), 'levels': list(exp.levels),
-            'level_shapes': [list(exp.level_shape(k)) for k in exp.levels], 'sde': exp.sde.kind}
+from subspace_diffusion.progress import fmt_duration
+from subspace_diffusion.train_state import abstract_state, checkpoint_meta, init_state, learning_rate, make_optimizer
 
 
 def make_train_step(exp: Experiment, tx, mesh, seed: int, batch_steps: int = 1):
@@ -116,32 +62,6 @@ def make_train_step(exp: Experiment, tx, mesh, seed: int, batch_steps: int = 1):
                    out_shardings=(repl, repl), donate_argnums=0)
 
 
-def load_trained(config, workdir, step=None, mesh=None):
-    """(Experiment of the trained levels, EMA params {name: params} replicated over the mesh, step).
-
-    Reads the checkpoint at `step` (default latest) in <workdir>. The levels and parameter sharing
-    come from the checkpoint, so a level-k run's workdir loads under any config of the same data,
-    chain and model.
-    """
-    ckpts = Checkpoints(workdir, read_only=True)
-    try:
-        step = ckpts.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f'no checkpoint in {ckpts.root}: train first (main.py --mode=train) '
-                                    f'or point at the right workdir')
-        meta = ckpts.read_meta(step)
-        config = config.copy_and_resolve_references()
-        with config.unlocked():
-            config.subspace.train_level = ALL_LEVELS if len(meta['levels']) > 1 else meta['levels'][0]
-            config.subspace.shared_params = meta['param_keys'] == ['shared']
-        exp = Experiment(config)
-        tx = make_optimizer(config, exp.param_keys)
-        state, _ = ckpts.restore(abstract_state(exp, tx, mesh or parallel.make_mesh()), checkpoint_meta(exp), step)
-    finally:
-        ckpts.close()
-    return exp, state.ema_params, step
-
-
 def _check_config(config):
     tr = config.training
     n = tr.n_jitted_steps
@@ -151,11 +71,6 @@ def _check_config(config):
         if tr[name] % n:
             raise ValueError(f'training.{name}={tr[name]} is not a multiple of training.n_jitted_steps={n}: '
                              f'checkpoints and logs happen between compiled calls')
-
-
-def _fmt_time(seconds):
-    seconds = int(seconds)
-    return f'{seconds // 3600}h{seconds // 60 % 60:02d}m' if seconds >= 3600 else f'{seconds // 60}m{seconds % 60:02d}s'
 
 
 class _Stop:
@@ -208,7 +123,9 @@ def train(config, workdir):
                  mesh.devices.size, jax.process_count())
 
     step_fn = make_train_step(exp, tx, mesh, config.seed, n_jit)
-    sample_fn = None
+    # Built (statistics measured) before the first step: a problem shows at once, and no dataset pass
+    # runs beside an asynchronous checkpoint save.
+    sample_fn = _snapshot_sampler(exp, workdir, mesh) if tr.snapshot_sampling else None
     writer = None
     if main_process:
         from tensorboardX import SummaryWriter  # only the logging process needs it
@@ -245,9 +162,7 @@ def train(config, workdir):
             # An archived step is also the newest resume point, so the preemption slot can skip it.
             if archive or stopping or step % tr.snapshot_freq_for_preemption == 0:
                 ckpts.save(step, state, meta, ARCHIVE if archive else PREEMPT)
-            if archive and tr.snapshot_sampling:
-                if sample_fn is None:
-                    sample_fn = _snapshot_sampler(exp, workdir, mesh)
+            if archive and sample_fn is not None:
                 _write_samples(sample_fn, state, step, config, workdir, writer, main_process)
             if stopping:
                 ckpts.wait()
@@ -273,7 +188,7 @@ def _log(window, step, tr, writer, main_process):
         eta = (tr.n_iters - step) / max(its, 1e-9)
         logging.info('step %d/%d  loss %.4f  grad_norm %.3f  lr %.2e  %.2f it/s  %.1f examples/s  ETA %s',
                      step, tr.n_iters, means['loss'], means['grad_norm'], means['lr'], its,
-                     its * tr.batch_size, _fmt_time(eta))
+                     its * tr.batch_size, fmt_duration(eta))
         for k, v in means.items():
             writer.add_scalar(f'train/{k}', v, step)
         writer.add_scalar('train/examples_per_sec', its * tr.batch_size, step)

@@ -16,7 +16,8 @@ def _config(dataset='digits', image_size=16, num_channels=1, **kw):
     cfg = ml_collections.ConfigDict()
     cfg.data = ml_collections.ConfigDict(dict(
             dataset=dataset, image_size=image_size, num_channels=num_channels, random_flip=False,
-            uniform_dequantization=False, centered=False, data_dir='', tfds_data_dir=''))
+            uniform_dequantization=False, centered=False, data_dir='', tfds_data_dir='', tfrecords_path='',
+            category=''))
     cfg.data.update(kw)
     return cfg
 
@@ -79,8 +80,10 @@ def test_process_shards_are_disjoint_and_cover():
     assert len(shards[0]) + len(shards[1]) == len(full)
     assert next(data.get_dataset(cfg, 'train', 50, process_index=1, process_count=2))[
             'image'].shape == (25, 16, 16, 1)
-    with pytest.raises(ValueError, match='divisible'):
+    with pytest.raises(ValueError, match='positive multiple of the 2 process'):
         data.get_dataset(cfg, 'train', 51, process_count=2)
+    with pytest.raises(ValueError, match='batch size 0'):
+        data.get_dataset(cfg, 'train', 0)
 
 
 def test_start_step_resume_is_identical():
@@ -115,6 +118,45 @@ def test_folder_dataset_center_crop(tmp_path):
     assert tall_img[:3, :, 0].mean() > 0.9 and tall_img[5:, :, 2].mean() > 0.9
 
 
+def test_dataset_names_are_normalised():
+    assert {data.dataset_key(n) for n in ('CIFAR10', 'cifar_10', 'Cifar-10')} == {'cifar10'}
+    assert data.dataset_key('CelebAHQ') == data.dataset_key('celeba_hq') == 'celebahq'
+    for name in ('CIFAR10', 'CelebAHQ', 'LSUN', 'FFHQ', 'Digits', 'folder'):
+        assert data.dataset_key(name) in data.DATASETS
+
+
+def test_folder_reads_16_bit_grey_and_colour_at_full_precision(tmp_path):
+    tf = pytest.importorskip('tensorflow')
+    rng = np.random.default_rng(0)
+    grey = rng.integers(0, 65536, (8, 8), dtype=np.uint16)
+    Image.fromarray(grey).save(tmp_path / 'grey16.png')
+    colour = rng.integers(0, 65536, (8, 8, 3), dtype=np.uint16)
+    (tmp_path / 'colour16.png').write_bytes(tf.io.encode_png(tf.constant(colour)).numpy())
+    np.testing.assert_allclose(data.read_image(tmp_path / 'grey16.png')[..., 0], grey / 65535., atol=1e-7)
+    got = data.read_image(tmp_path / 'colour16.png')
+    np.testing.assert_allclose(got, colour / 65535., atol=1e-7)
+    # 8-bit rounding would move values by up to 1/510; full precision keeps the low byte.
+    assert np.abs(np.round(got * 255) / 255 - colour / 65535.).max() > 1e-3
+    cfg = _config('folder', image_size=8, num_channels=3, data_dir=str(tmp_path))
+    images = _all(data.get_dataset(cfg, 'test', 2, repeat=False))
+    np.testing.assert_allclose(images[0], colour / 65535., atol=1e-6)  # colour16 sorts first, no resize at 8
+    np.testing.assert_allclose(images[1], np.repeat(grey[..., None] / 65535., 3, -1), atol=1e-6)
+
+
+def test_unreadable_image_is_named(tmp_path):
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / 'good.png')
+    (tmp_path / 'broken.png').write_bytes(b'\x89PNG\r\n\x1a\n' + b'\x00' * 10)
+    full = tmp_path / 'full.jpg'
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(full)
+    (tmp_path / 'cut.jpg').write_bytes(full.read_bytes()[:40])
+    cfg = _config('folder', image_size=8, num_channels=3, data_dir=str(tmp_path))
+    with pytest.raises(ValueError, match=r'cannot read image .*broken\.png.*remove or replace'):
+        next(data.get_dataset(cfg, 'train', 2))
+    os.remove(tmp_path / 'broken.png')
+    with pytest.raises(ValueError, match=r'cannot read image .*cut\.jpg'):
+        next(data.get_dataset(cfg, 'train', 2))
+
+
 def test_errors(tmp_path):
     with pytest.raises(ValueError, match="valid: .*'digits'"):
         data.get_dataset(_config('mnist'), 'train', 8)
@@ -135,18 +177,41 @@ def _tfds():
     return pytest.importorskip('tensorflow_datasets')
 
 
-def test_cifar10_through_tfds_mock():
+def _count_records(monkeypatch):
+    """Counts the examples that TFDS sources hand to the pipeline (read, before any skip or decode)."""
+    import tensorflow as tf
+    counter = {'n': 0}
+    original = data._TFDSSource.records
+
+    def counted(self, shuffle, seed):
+        def bump(x):
+            counter['n'] += 1
+            return x
+        return original(self, shuffle, seed).map(
+            lambda ex: {**ex, 'image': tf.py_function(bump, [ex['image']], tf.string)})
+    monkeypatch.setattr(data._TFDSSource, 'records', counted)
+    return counter
+
+
+def test_cifar10_through_tfds_mock_resumes_without_rereading(monkeypatch):
     tfds = _tfds()
     cfg = _config('cifar10', image_size=16, num_channels=3, centered=True, random_flip=True)
+    counter = _count_records(monkeypatch)
     with tfds.testing.mock_data(num_examples=12):
-        first = list(itertools.islice(data.get_dataset(cfg, 'train', 4, seed=1), 5))
-        resumed = list(itertools.islice(data.get_dataset(cfg, 'train', 4, seed=1, start_step=3), 2))
+        first = list(itertools.islice(data.get_dataset(cfg, 'train', 4, seed=1), 8))
+        resumed = list(itertools.islice(data.get_dataset(cfg, 'train', 4, seed=1, start_step=4), 4))
         evals = _all(data.get_dataset(cfg, 'test', 4, repeat=False))
+        counter['n'] = 0
+        late = next(data.get_dataset(cfg, 'train', 4, seed=1, start_step=10_001))
     assert first[0]['image'].shape == (4, 16, 16, 3) and first[0]['image'].dtype == np.float32
     assert first[0]['image'].min() >= -1. and first[0]['image'].max() <= 1.
-    for a, b in zip(first[3:], resumed):
+    for a, b in zip(first[4:], resumed):  # step 4 is batch 1 of the second epoch (3 batches per epoch)
         np.testing.assert_array_equal(a['image'], b['image'])
+    assert not np.array_equal(first[0]['image'], first[3]['image'])  # epochs are reshuffled
     assert evals.shape == (12, 16, 16, 3)
+    # Step 10,001 is batch 2 of epoch 3,333: at most that epoch (12 examples, with prefetch) and the
+    # count that finds the epoch length (12) are read, not 10,001 batches.
+    assert late['image'].shape == (4, 16, 16, 3) and counter['n'] <= 24
 
 
 def test_unprepared_tfds_dir_is_a_clear_error(tmp_path):
@@ -177,7 +242,6 @@ def test_ffhq_tfrecords_and_lsun_crop(tmp_path):
     np.testing.assert_allclose(got, np.concatenate([expected[0::2], expected[1::2]]), atol=1e-6)
     with pytest.raises(FileNotFoundError, match='tfrecords_path'):
         data.get_dataset(_config('ffhq', tfrecords_path=str(tmp_path / 'none*')), 'train', 2)
-    tall = np.zeros((40, 20, 1), np.float32)
-    tall[5:35] = 1.  # covers the centre square (rows 10..30) with margin for the antialias filter
-    np.testing.assert_allclose(data._resize_small_crop(tf.constant(tall), 4).numpy(), 1.,
-                                                          atol=1e-5)
+    tall = np.zeros((40, 20, 1), np.uint8)
+    tall[10:30] = 255  # exactly the centre square: cropped first, it resizes to all white
+    np.testing.assert_array_equal(data._crop_resize_uint8(tf.constant(tall), 4).numpy(), 255)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from gaussian_case import make_case
-from subspace_diffusion.likelihood import bits_per_dim, dequantize, log_likelihood, ode_sample, odeint
+from subspace_diffusion.likelihood import LIKELIHOOD_EPS, bits_per_dim, dequantize, log_likelihood, ode_sample, odeint
 from subspace_diffusion.sde import SDE
 from subspace_diffusion.subspaces import PoolingChain
 
@@ -15,7 +15,7 @@ def _setup(kind, n=64):
     case = make_case(PoolingChain((4, 4, 1), 2), [0.3, 0.6])
     x = np.random.default_rng(1).multivariate_normal(case.m, case.cov, size=n).astype(np.float32)
     # The ODE runs from eps, so the exact answer is the density of x_eps ~ N(alpha m, alpha^2 Sigma + sigma^2 I).
-    eps = sde.default_eps
+    eps = LIKELIHOOD_EPS
     a, s = float(sde.alpha(eps)), float(sde.sigma(eps))
     r = x / 1.0 - a * case.m
     cov = a ** 2 * case.cov + s ** 2 * np.eye(16)

@@ -1,8 +1,7 @@
-"""NCSN++ / DDPM++ architecture: published parameter counts, resolutions, dropout, FIR, configs."""
-import glob
-import importlib
-import os
+"""NCSN++ / DDPM++ building blocks: resolutions, attention placement, dropout, FIR, bad options.
 
+The published architectures themselves are checked key by key in test_reference_import.py.
+"""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,44 +13,20 @@ from subspace_diffusion.models import layers
 from subspace_diffusion.models.score import create_model, get_score_fn, init_params
 from subspace_diffusion.sde import make_sde
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-PUBLISHED_COUNTS = {
-    "cifar10_ve_ncsnpp": 62_758_915,
-    "cifar10_ve_ncsnpp_deep": 107_587_075,
-    "cifar10_vp_ddpmpp": 61_804_419,
-    "cifar10_vp_ddpmpp_deep": 106_632_579,
-    "celebahq256_ve_ncsnpp": 65_574_549,
-}
-
-
-def _load(name):
-    return importlib.import_module(f"configs.{name}").get_config()
+def _shape(config, resolution=None):
+    r = resolution or config.data.image_size
+    return (r, r, config.data.num_channels)
 
 
 def _param_shapes(config, resolution=None):
     model = create_model(config)
-    return jax.eval_shape(lambda k: init_params(model, k, config, resolution),
+    return jax.eval_shape(lambda k: init_params(model, k, _shape(config, resolution)),
                           jax.random.PRNGKey(0))["params"]
 
 
 def _count(tree):
     return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(tree))
-
-
-@pytest.mark.parametrize("name", sorted(PUBLISHED_COUNTS))
-def test_published_parameter_counts(name):
-    assert _count(_param_shapes(_load(name))) == PUBLISHED_COUNTS[name]
-
-
-def test_every_config_builds():
-    names = [os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))]
-    names = [n for n in names if n != "__init__"]
-    assert len(names) >= 11
-    for name in names:
-        config = _load(name)
-        assert make_sde(config.sde).kind == config.sde.kind
-        assert _count(_param_shapes(config)) > 0
 
 
 def _tiny(**overrides):
@@ -83,7 +58,7 @@ VARIANTS = {
 def test_forward_at_resolutions(variant, resolutions):
     config = _tiny(**VARIANTS[variant])
     model = create_model(config)
-    params = init_params(model, jax.random.PRNGKey(0), config, resolution=4)
+    params = init_params(model, jax.random.PRNGKey(0), _shape(config, 4))
     # Eager apply: compiling six variants of even a tiny U-Net costs more than running them.
     apply = model.apply
     for r in resolutions:
@@ -101,11 +76,15 @@ def test_forward_at_resolutions(variant, resolutions):
         assert np.abs(tr[0] - out).max() > 1e-3 * np.abs(out).max()
 
 
-def test_attention_follows_depth_not_pixels():
-    config = _tiny()
-    names = set(_param_shapes(config, 16)) - set(_param_shapes(config, 8))
-    assert not names
-    assert any("AttnBlock" in k for k in _param_shapes(config, 8))
+def test_attention_placement_by_depth_or_by_resolution():
+    config = _tiny()  # native 16 px, attention at 8 px: depth 1
+    config.model.attention_placement = "depth"
+    assert _param_shapes(config, 16).keys() == _param_shapes(config, 8).keys()
+    config.model.attention_placement = "resolution"
+    at16, at8 = _param_shapes(config, 16), _param_shapes(config, 8)
+    attn = lambda tree: sorted(k for k, v in tree.items() if "NIN_3" in v)
+    # Same number of attention blocks (one resolution carries it, plus the middle), at other module indices.
+    assert len(attn(at16)) == len(attn(at8)) == 3 and attn(at16) != attn(at8)
 
 
 def test_score_fn_under_jit_and_scan():
@@ -114,7 +93,7 @@ def test_score_fn_under_jit_and_scan():
         config.sde.kind = "ve" if name == "ncsnpp" else "vp"
         sde = make_sde(config.sde)
         model = create_model(config)
-        params = init_params(model, jax.random.PRNGKey(0), config)["params"]
+        params = init_params(model, jax.random.PRNGKey(0), _shape(config))["params"]
         score = get_score_fn(model, sde, params)
         x = jnp.ones((2, 8, 8, 1))
         raw = model.apply({"params": params}, x,
@@ -171,7 +150,7 @@ def test_bad_inputs_raise():
     config = _tiny()
     model = create_model(config)
     with pytest.raises(ValueError, match="ch_mult"):
-        jax.eval_shape(lambda k: init_params(model, k, config, resolution=5), jax.random.PRNGKey(0))
+        jax.eval_shape(lambda k: init_params(model, k, _shape(config, 5)), jax.random.PRNGKey(0))
     for field, value in (("progressive", "foo"), ("progressive_input", "bar"),
                          ("resblock_type", "x"), ("embedding_type", "y"),
                          ("progressive_combine", "z")):
@@ -181,4 +160,7 @@ def test_bad_inputs_raise():
     bad = _tiny()
     bad.model.name = "unet"
     with pytest.raises(ValueError, match="model.name"):
+        create_model(bad)
+    bad = _tiny(embedding_type="positional", scale_by_sigma=True)
+    with pytest.raises(ValueError, match="scale_by_sigma=False"):
         create_model(bad)

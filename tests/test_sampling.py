@@ -97,7 +97,7 @@ def test_zero_levels_is_the_full_sampler_and_nfe():
     np.testing.assert_allclose(sample(None, jax.random.PRNGKey(1), 8), x1, atol=1e-5)
     # predictor N-1 + corrector N + denoise 1 network calls, each of cost 1
     assert nfe == nfe_full == 19 + 20 + 1
-    grid, spans = split_grid(20, sde.default_eps, 1.0, (0.3, 0.6))
+    grid, spans = split_grid(20, sde.sampling_eps, 1.0, (0.3, 0.6))
     sub_nfe = effective_nfe(cfg, case.chain, spans)
     # levels cost 1, 1/4, 1/16 of a full call
     n = {k: b - a for k, (a, b) in spans.items()}

@@ -47,13 +47,9 @@ def pixel_features(images) -> np.ndarray:
 
 def split_batches(config, split, batch_size=256, max_examples=0):
     """Yields float32 (B, S, S, C) batches in [0,1] of a dataset split, in the pipeline's fixed order, no flips."""
-    config = config.copy_and_resolve_references()
-    with config.unlocked():
-        config.data.random_flip = False
-        config.data.uniform_dequantization = False
     inverse = data.get_inverse_scaler(config.data.centered)
     seen = 0
-    for b in data.get_dataset(config, split, batch_size, repeat=False):
+    for b in data.get_dataset(config, split, batch_size, augment=False, repeat=False):
         x = np.asarray(inverse(b['image']), np.float32)
         if max_examples:
             x = x[:max_examples - seen]

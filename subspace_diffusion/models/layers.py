@@ -12,15 +12,15 @@ def default_init(scale=1.0):
     return nn.initializers.variance_scaling(1e-10 if scale == 0 else scale, "fan_avg", "uniform")
 
 
-def group_norm(channels):
+def group_norm(channels, name=None):
     """GroupNorm with min(C // 4, 32) groups, as in score-SDE."""
-    return nn.GroupNorm(num_groups=min(channels // 4, 32), epsilon=1e-6)
+    return nn.GroupNorm(num_groups=min(channels // 4, 32), epsilon=1e-6, name=name)
 
 
-def conv(x, out_ch, size=3, stride=1, init_scale=1.0, padding="SAME"):
+def conv(x, out_ch, size=3, stride=1, init_scale=1.0, padding="SAME", name=None):
     """(B,H,W,C) -> (B,H',W',out_ch) convolution with score-SDE init and zero bias."""
     return nn.Conv(out_ch, (size, size), strides=(stride, stride), padding=padding,
-                   kernel_init=default_init(init_scale))(x)
+                   kernel_init=default_init(init_scale), name=name)(x)
 
 
 # ----------------------------------------------------------------------------- FIR resampling
@@ -135,14 +135,16 @@ def timestep_embedding(t, dim, max_positions=10000):
 
 
 class NIN(nn.Module):
-    """Per-pixel linear map (B,H,W,C) -> (B,H,W,num_units)."""
+    """Per-pixel linear map (B,H,W,C) -> (B,H,W,num_units) with parameters W (C, num_units) and b."""
     num_units: int
     init_scale: float = 0.1
 
     @nn.compact
     def __call__(self, x):
         """(B,H,W,C) -> (B,H,W,num_units)."""
-        return nn.Dense(self.num_units, kernel_init=default_init(self.init_scale))(x)
+        w = self.param("W", default_init(self.init_scale), (x.shape[-1], self.num_units))
+        b = self.param("b", nn.initializers.zeros, (self.num_units,))
+        return x @ w + b
 
 
 class Combine(nn.Module):
@@ -189,7 +191,7 @@ class Upsample(nn.Module):
             return conv(h, out_ch) if self.with_conv else h
         if not self.with_conv:
             return upsample_2d(x, self.fir_kernel)
-        return FIRConv(out_ch, up=True, fir_kernel=tuple(self.fir_kernel))(x)
+        return FIRConv(out_ch, up=True, fir_kernel=tuple(self.fir_kernel), name="Conv2d_0")(x)
 
 
 class Downsample(nn.Module):
@@ -211,7 +213,7 @@ class Downsample(nn.Module):
             return naive_downsample_2d(x)
         if not self.with_conv:
             return downsample_2d(x, self.fir_kernel)
-        return FIRConv(out_ch, down=True, fir_kernel=tuple(self.fir_kernel))(x)
+        return FIRConv(out_ch, down=True, fir_kernel=tuple(self.fir_kernel), name="Conv2d_0")(x)
 
 
 class ResnetBlockDDPM(nn.Module):

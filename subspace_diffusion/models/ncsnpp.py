@@ -1,20 +1,26 @@
 """NCSN++ / DDPM++ U-Net of the score-SDE family (Song et al. 2021) in Flax linen.
 
-DDPM++ is this same module under its configuration (positional embedding, no FIR, no
-progressive input). Every architectural option is a field of `config.model`.
+DDPM++ is this same module under its settings (positional embedding, no FIR, no progressive
+input). Every architectural option is a field of `Network`, built once from `config.model`.
 
-Resolution handling: the module never hard-wires the input size. Attention placement is
-fixed by depth, not by pixel count: the depth indices whose resolution at the config's
-native `data.image_size` appears in `model.attn_resolutions` get attention, and those same
-depths get it at any input resolution. A subspace network run at 16x16 with a CIFAR config
-therefore attends at depth 1 (8x8 there), exactly where the 32x32 network attends (16x16).
-The input height and width must be divisible by 2^(len(ch_mult) - 1).
+Resolution: the module never hard-wires the input size (H and W must be divisible by
+2^(len(ch_mult) - 1)). Where attention goes is `attention_placement`:
+- 'resolution' (the reference's subspace networks): at the U-Net depths whose *input* pixel size is
+  in `attn_resolutions`. A 16x16 CIFAR-10 network attends at depth 0, an 8x8 one nowhere but in the
+  middle block: the networks that score_sde_pytorch builds with `data.image_size` set to the level.
+- 'depth': at the depths where the full-space network (`image_size`) attends, at any input size, so
+  one parameter set fits every level (needed for `subspace.shared_params`).
+
+Top-level submodules are named `all_modules_<i>` after their index in the reference's ModuleList
+(modules without parameters still take their index), so a score_sde_pytorch state_dict maps onto
+these parameters by name (`models/convert.py`).
 """
+import dataclasses
 import functools
+import itertools
 
 import flax.linen as nn
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from subspace_diffusion.models import layers
@@ -25,148 +31,196 @@ _OPTIONS = {
     "progressive_input": ("none", "input_skip", "residual"),
     "progressive_combine": ("sum", "cat"),
     "embedding_type": ("fourier", "positional"),
+    "attention_placement": ("resolution", "depth"),
 }
+NAMES = ("ncsnpp", "ddpmpp")  # config.model.name: DDPM++ is NCSN++ under other settings
 
 
-def validate_model_config(m):
-    """Raise ValueError naming the field for any unknown option value of config.model."""
-    for field, allowed in _OPTIONS.items():
-        value = m[field].lower()
-        if value not in allowed:
-            raise ValueError(f"config.model.{field}={value!r} is not one of {allowed}")
+@dataclasses.dataclass(frozen=True)
+class Network:
+    """Architecture of one score network (config.model, plus the data range and full-space size)."""
+
+    nf: int = 128
+    ch_mult: tuple = (1, 2, 2, 2)
+    num_res_blocks: int = 4
+    attn_resolutions: tuple = (16,)
+    attention_placement: str = "resolution"
+    dropout: float = 0.1
+    resamp_with_conv: bool = True
+    conditional: bool = True
+    fir: bool = True
+    fir_kernel: tuple = (1, 3, 3, 1)
+    skip_rescale: bool = True
+    resblock_type: str = "biggan"
+    progressive: str = "none"
+    progressive_input: str = "residual"
+    progressive_combine: str = "sum"
+    embedding_type: str = "fourier"
+    fourier_scale: float = 16.0
+    scale_by_sigma: bool = True
+    init_scale: float = 0.0
+    centered: bool = False  # data in [-1, 1]; otherwise [0, 1] and the network maps it to [-1, 1]
+    image_size: int = 32  # full-space resolution: fixes the attention depths under 'depth' placement
+
+    def __post_init__(self):
+        for field, allowed in _OPTIONS.items():
+            if getattr(self, field) not in allowed:
+                raise ValueError(f"config.model.{field}={getattr(self, field)!r} is not one of {allowed}")
+        if self.nf < 4 or self.nf % 4:
+            raise ValueError(f"config.model.nf={self.nf} must be a positive multiple of 4 (GroupNorm groups)")
+        if self.scale_by_sigma and self.embedding_type == "positional":
+            raise ValueError("config.model.scale_by_sigma=True needs embedding_type='fourier' (time labels are "
+                             "sigmas only there); set config.model.scale_by_sigma=False")
+
+    @classmethod
+    def from_config(cls, config) -> "Network":
+        """From a config's `model` section and `data.centered` / `data.image_size`."""
+        m = config.model
+        if m.name.lower() not in NAMES:
+            raise ValueError(f"config.model.name={m.name!r} is not one of {NAMES}")
+        fields = {f.name: m[f.name] for f in dataclasses.fields(cls) if f.name in m}
+        for f in ("resblock_type", "progressive", "progressive_input", "progressive_combine", "embedding_type",
+                  "attention_placement"):
+            if f in fields:
+                fields[f] = fields[f].lower()
+        for f in ("ch_mult", "attn_resolutions", "fir_kernel"):
+            fields[f] = tuple(fields[f])
+        return cls(**fields, centered=bool(config.data.centered), image_size=int(config.data.image_size))
+
+    def min_divisor(self) -> int:
+        """H and W of an input must be multiples of this: 2^(len(ch_mult) - 1)."""
+        return 2 ** (len(self.ch_mult) - 1)
+
+    def attention_depths(self, input_size: int) -> frozenset:
+        """U-Net depths (0 = input resolution) that carry attention for an input of `input_size` pixels."""
+        size = input_size if self.attention_placement == "resolution" else self.image_size
+        return frozenset(i for i in range(len(self.ch_mult)) if size // 2 ** i in self.attn_resolutions)
 
 
-def attention_depths(image_size, attn_resolutions, num_resolutions):
-    """Depth indices (0 = full resolution) whose native resolution is in attn_resolutions."""
-    return frozenset(i for i in range(num_resolutions) if image_size // 2 ** i in attn_resolutions)
-
-
-def check_input_size(shape, ch_mult):
+def check_input_size(shape, net: Network):
     """Raise ValueError if spatial dims (B,H,W,C) are not divisible by 2^(len(ch_mult)-1)."""
-    factor = 2 ** (len(ch_mult) - 1)
+    factor = net.min_divisor()
     h, w = shape[1], shape[2]
     if h % factor or w % factor:
         raise ValueError(
             f"input {h}x{w} is not divisible by 2^(len(config.model.ch_mult)-1) = {factor} "
-            f"(ch_mult={tuple(ch_mult)}); use an input size that is a multiple of {factor} "
-            f"or a shorter ch_mult")
+            f"(ch_mult={net.ch_mult}); use an input size that is a multiple of {factor} or a shorter ch_mult")
 
 
 class NCSNpp(nn.Module):
-    """Score network: x (B,H,W,C), time_cond (B,) -> (B,H,W,C)."""
-    config: ml_collections.ConfigDict
+    """Score network: x (B,H,W,C), time labels (B,) -> (B,H,W,C)."""
+    net: Network
 
     @nn.compact
     def __call__(self, x, time_cond, train=True):
         """x (B,H,W,C), time labels (B,) (sigma for fourier, 999 t for positional) -> (B,H,W,C)."""
-        m = self.config.model
-        validate_model_config(m)
-        check_input_size(x.shape, m.ch_mult)
+        m = self.net
+        check_input_size(x.shape, m)
         act = nn.swish
-        nf, ch_mult = m.nf, tuple(m.ch_mult)
-        num_res_blocks = m.num_res_blocks
+        nf, ch_mult = m.nf, m.ch_mult
         num_resolutions = len(ch_mult)
-        attn_depths = attention_depths(self.config.data.image_size, tuple(m.attn_resolutions),
-                                       num_resolutions)
-        conditional = m.conditional
-        fir, fir_kernel = m.fir, tuple(m.fir_kernel)
+        attn_depths = m.attention_depths(x.shape[2])
         skip_rescale, init_scale = m.skip_rescale, m.init_scale
-        progressive = m.progressive.lower()
-        progressive_input = m.progressive_input.lower()
-        combine_method = m.progressive_combine.lower()
-        embedding_type = m.embedding_type.lower()
+        index = itertools.count()
 
-        if embedding_type == "fourier":
+        def name():
+            return f"all_modules_{next(index)}"
+
+        if m.embedding_type == "fourier":
             # Fourier features act on log sigma; the raw labels are sigmas.
-            temb = layers.GaussianFourierProjection(embedding_size=nf, scale=m.fourier_scale)(
+            temb = layers.GaussianFourierProjection(embedding_size=nf, scale=m.fourier_scale, name=name())(
                 jnp.log(time_cond))
         else:
             temb = layers.timestep_embedding(time_cond, nf)
-        if conditional:
-            temb = nn.Dense(nf * 4, kernel_init=layers.default_init())(temb)
-            temb = nn.Dense(nf * 4, kernel_init=layers.default_init())(act(temb))
+        if m.conditional:
+            temb = nn.Dense(nf * 4, kernel_init=layers.default_init(), name=name())(temb)
+            temb = nn.Dense(nf * 4, kernel_init=layers.default_init(), name=name())(act(temb))
         else:
             temb = None
 
         attn = functools.partial(layers.AttnBlock, skip_rescale=skip_rescale, init_scale=init_scale)
-        upsample = functools.partial(layers.Upsample, with_conv=m.resamp_with_conv, fir=fir,
-                                     fir_kernel=fir_kernel)
-        downsample = functools.partial(layers.Downsample, with_conv=m.resamp_with_conv, fir=fir,
-                                       fir_kernel=fir_kernel)
-        # Pyramids carry raw images (skip) or features (residual, learned resampling).
-        pyramid_upsample = functools.partial(layers.Upsample, fir=fir, fir_kernel=fir_kernel,
-                                             with_conv=progressive == "residual")
-        pyramid_downsample = functools.partial(layers.Downsample, fir=fir, fir_kernel=fir_kernel,
-                                               with_conv=progressive_input == "residual")
-        if m.resblock_type.lower() == "ddpm":
+        upsample = functools.partial(layers.Upsample, with_conv=m.resamp_with_conv, fir=m.fir,
+                                     fir_kernel=m.fir_kernel)
+        downsample = functools.partial(layers.Downsample, with_conv=m.resamp_with_conv, fir=m.fir,
+                                       fir_kernel=m.fir_kernel)
+        # Pyramids carry raw images (skip: no parameters, not in the reference's module list) or
+        # features (residual: learned resampling).
+        pyramid_upsample = functools.partial(layers.Upsample, fir=m.fir, fir_kernel=m.fir_kernel,
+                                             with_conv=m.progressive == "residual")
+        pyramid_downsample = functools.partial(layers.Downsample, fir=m.fir, fir_kernel=m.fir_kernel,
+                                               with_conv=m.progressive_input == "residual")
+        if m.resblock_type == "ddpm":
             resnet = functools.partial(layers.ResnetBlockDDPM, dropout=m.dropout,
                                        skip_rescale=skip_rescale, init_scale=init_scale)
         else:
-            resnet = functools.partial(layers.ResnetBlockBigGAN, dropout=m.dropout, fir=fir,
-                                       fir_kernel=fir_kernel, skip_rescale=skip_rescale,
+            resnet = functools.partial(layers.ResnetBlockBigGAN, dropout=m.dropout, fir=m.fir,
+                                       fir_kernel=m.fir_kernel, skip_rescale=skip_rescale,
                                        init_scale=init_scale)
 
         def merge(a, b):
             return (a + b) / np.sqrt(2.0) if skip_rescale else a + b
 
-        if not self.config.data.centered:
+        if not m.centered:
             x = 2 * x - 1.0
 
         # Downsampling path.
-        input_pyramid = x if progressive_input != "none" else None
-        hs = [layers.conv(x, nf)]
+        input_pyramid = x if m.progressive_input != "none" else None
+        hs = [layers.conv(x, nf, name=name())]
         for i_level in range(num_resolutions):
-            for _ in range(num_res_blocks):
-                h = resnet(out_ch=nf * ch_mult[i_level])(hs[-1], temb, train)
+            for _ in range(m.num_res_blocks):
+                h = resnet(out_ch=nf * ch_mult[i_level], name=name())(hs[-1], temb, train)
                 if i_level in attn_depths:
-                    h = attn()(h)
+                    h = attn(name=name())(h)
                 hs.append(h)
             if i_level != num_resolutions - 1:
-                if m.resblock_type.lower() == "ddpm":
-                    h = downsample()(hs[-1])
+                if m.resblock_type == "ddpm":
+                    h = downsample(name=name())(hs[-1])
                 else:
-                    h = resnet(down=True)(hs[-1], temb, train)
-                if progressive_input == "input_skip":
+                    h = resnet(down=True, name=name())(hs[-1], temb, train)
+                if m.progressive_input == "input_skip":
                     input_pyramid = pyramid_downsample()(input_pyramid)
-                    h = layers.Combine(method=combine_method)(input_pyramid, h)
-                elif progressive_input == "residual":
-                    input_pyramid = pyramid_downsample(out_ch=h.shape[-1])(input_pyramid)
+                    h = layers.Combine(method=m.progressive_combine, name=name())(input_pyramid, h)
+                elif m.progressive_input == "residual":
+                    input_pyramid = pyramid_downsample(out_ch=h.shape[-1], name=name())(input_pyramid)
                     input_pyramid = h = merge(input_pyramid, h)
                 hs.append(h)
 
         h = hs[-1]
-        h = resnet()(h, temb, train)
-        h = attn()(h)
-        h = resnet()(h, temb, train)
+        h = resnet(name=name())(h, temb, train)
+        h = attn(name=name())(h)
+        h = resnet(name=name())(h, temb, train)
 
         # Upsampling path.
         pyramid = None
         for i_level in reversed(range(num_resolutions)):
-            for _ in range(num_res_blocks + 1):
-                h = resnet(out_ch=nf * ch_mult[i_level])(jnp.concatenate([h, hs.pop()], -1),
-                                                         temb, train)
+            for _ in range(m.num_res_blocks + 1):
+                h = resnet(out_ch=nf * ch_mult[i_level], name=name())(jnp.concatenate([h, hs.pop()], -1),
+                                                                      temb, train)
             if i_level in attn_depths:
-                h = attn()(h)
-            if progressive == "output_skip":
-                out = layers.conv(act(layers.group_norm(h.shape[-1])(h)), x.shape[-1],
-                                  init_scale=init_scale)
-                pyramid = out if pyramid is None else pyramid_upsample()(pyramid) + out
-            elif progressive == "residual":
-                if pyramid is None:
-                    pyramid = layers.conv(act(layers.group_norm(h.shape[-1])(h)), h.shape[-1])
+                h = attn(name=name())(h)
+            if m.progressive != "none" and i_level == num_resolutions - 1:
+                out = act(layers.group_norm(h.shape[-1], name=name())(h))
+                if m.progressive == "output_skip":
+                    pyramid = layers.conv(out, x.shape[-1], init_scale=init_scale, name=name())
                 else:
-                    pyramid = h = merge(pyramid_upsample(out_ch=h.shape[-1])(pyramid), h)
+                    pyramid = layers.conv(out, h.shape[-1], name=name())
+            elif m.progressive == "output_skip":
+                out = act(layers.group_norm(h.shape[-1], name=name())(h))
+                out = layers.conv(out, x.shape[-1], init_scale=init_scale, name=name())
+                pyramid = pyramid_upsample()(pyramid) + out
+            elif m.progressive == "residual":
+                pyramid = h = merge(pyramid_upsample(out_ch=h.shape[-1], name=name())(pyramid), h)
             if i_level != 0:
-                if m.resblock_type.lower() == "ddpm":
-                    h = upsample()(h)
+                if m.resblock_type == "ddpm":
+                    h = upsample(name=name())(h)
                 else:
-                    h = resnet(up=True)(h, temb, train)
+                    h = resnet(up=True, name=name())(h, temb, train)
 
-        if progressive == "output_skip":
+        if m.progressive == "output_skip":
             h = pyramid
         else:
-            h = act(layers.group_norm(h.shape[-1])(h))
-            h = layers.conv(h, x.shape[-1], init_scale=init_scale)
+            h = act(layers.group_norm(h.shape[-1], name=name())(h))
+            h = layers.conv(h, x.shape[-1], init_scale=init_scale, name=name())
 
         if m.scale_by_sigma:
             h = h / time_cond.reshape((x.shape[0],) + (1,) * (x.ndim - 1))

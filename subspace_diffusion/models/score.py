@@ -6,24 +6,18 @@ score. VP / sub-VP: labels are 999 t and the score is -output / sigma(t).
 """
 import jax.numpy as jnp
 
-from subspace_diffusion.models.ncsnpp import NCSNpp
+from subspace_diffusion.models.ncsnpp import NCSNpp, Network
 from subspace_diffusion.sde import _bcast
 
-_MODELS = {"ncsnpp": NCSNpp, "ddpmpp": NCSNpp}
+
+def create_model(config) -> NCSNpp:
+    """The score network of a config (NCSN++ / DDPM++ by config.model)."""
+    return NCSNpp(net=Network.from_config(config))
 
 
-def create_model(config):
-    """Build the linen module named by config.model.name (DDPM++ is NCSN++ configured)."""
-    name = config.model.name.lower()
-    if name not in _MODELS:
-        raise ValueError(f"config.model.name={name!r} is not one of {tuple(_MODELS)}")
-    return _MODELS[name](config=config)
-
-
-def init_params(model, key, config, resolution=None, batch=1):
-    """Initialise variables with a (batch, r, r, C) dummy input, r = data.image_size by default."""
-    r = resolution or config.data.image_size
-    x = jnp.zeros((batch, r, r, config.data.num_channels), jnp.float32)
+def init_params(model, key, shape, batch=1):
+    """Initialise variables with a (batch, *shape) dummy input, shape (H, W, C)."""
+    x = jnp.zeros((batch,) + tuple(shape), jnp.float32)
     t = jnp.ones((batch,), jnp.float32)
     return model.init({"params": key, "dropout": key}, x, t, train=False)
 
