@@ -21,11 +21,14 @@ class Checkpoints:
 
     def __init__(self, workdir, keep_archive: int = 100, async_save: bool = True, read_only: bool = False):
         self.root = os.path.join(os.path.abspath(workdir), 'checkpoints')
-        keep = {PREEMPT: 1, ARCHIVE: keep_archive}
+        self.read_only = read_only
+        # A reader never saves, so it never deletes: no max_to_keep. (Orbax's own read_only mode would log
+        # warnings on every construction.)
+        keep = {PREEMPT: None, ARCHIVE: None} if read_only else {PREEMPT: 1, ARCHIVE: keep_archive}
         self.managers = {
             kind: ocp.CheckpointManager(os.path.join(self.root, kind), options=ocp.CheckpointManagerOptions(
-                max_to_keep=keep[kind], enable_async_checkpointing=async_save, create=not read_only,
-                read_only=read_only))
+                max_to_keep=keep[kind], enable_async_checkpointing=async_save and not read_only,
+                create=not read_only))
             for kind in (PREEMPT, ARCHIVE)}
 
     def latest_step(self):
@@ -40,6 +43,8 @@ class Checkpoints:
 
     def save(self, step: int, state, meta: dict, kind: str = PREEMPT):
         """Start an asynchronous save of `state` (a pytree of global arrays) and `meta` (JSON) at `step`."""
+        if self.read_only:
+            raise CheckpointError(f'{self.root} was opened for reading only')
         # On several hosts the two managers' finalisations use the same barrier names: never overlap them.
         for other, manager in self.managers.items():
             if other != kind:

@@ -142,6 +142,12 @@ def to_params(weights: dict, layout: dict) -> dict:
                                          for key, (path, _) in layout.items()})
 
 
+def network_params(exp: Experiment, path, level: int, weights: str = 'ema') -> dict:
+    """Parameters of the reference checkpoint at `path` for the experiment's level-`level` network (checked)."""
+    chosen, state_dict, _, _ = read_reference(path, weights)
+    return to_params(chosen, _check_level(state_dict, exp, level))
+
+
 def import_mode(config, workdir, source: str, level: int, weights: str = 'ema', dry_run: bool = False):
     """Write the checkpoint at `source` as level `level` of `workdir` (or, dry run, print the mapping) -> step."""
     t0 = time.perf_counter()
@@ -166,8 +172,10 @@ def import_mode(config, workdir, source: str, level: int, weights: str = 'ema', 
         print(f'{len(layout)} tensors, {n_params:,} parameters; buffers not imported: '
               f'{[b for b in convert.BUFFERS if b in state_dict]}')
         return None
-    return _write(config, workdir, level, to_params(state_dict, layout), to_params(chosen, layout),
-                  {'file': os.path.abspath(source), 'step': ref_step, 'weights': weights})
+    raw, ema = to_params(state_dict, layout), to_params(chosen, layout)
+    del chosen, state_dict  # the reference-layout copies are not needed while writing
+    return _write(config, workdir, level, raw, ema, {'file': os.path.abspath(source), 'step': ref_step,
+                                                     'weights': weights})
 
 
 def _write(config, workdir, level, raw, ema, source) -> int:

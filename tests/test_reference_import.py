@@ -104,13 +104,10 @@ def test_imported_networks_reproduce_the_reference_outputs(name):
     io = np.load(os.path.join(REF, f'{name}_io.npz'))
     x, labels = jnp.asarray(io['x']), jnp.asarray(io['labels'])
     for weights in ('ema', 'model'):
-        chosen, state_dict, step, _ = reference_import.read_reference(os.path.join(REF, f'{name}.pth'), weights)
-        layout = reference_import._check_level(state_dict, exp, level)
-        params = reference_import.to_params(chosen, layout)
+        params = reference_import.network_params(exp, os.path.join(REF, f'{name}.pth'), level, weights)
         y = np.asarray(exp.model.apply({'params': params}, x, labels, train=False))
         expected = io[f'y_{weights}']
         assert np.abs(y - expected).max() <= 1e-5 * np.abs(expected).max(), weights
-        assert step == 1
     # The other weights are far off: the test tells which set was loaded.
     assert np.abs(io['y_ema'] - io['y_model']).max() > 0.5
     # Our score wrapper feeds the labels the reference's get_score_fn feeds: sigma(t) for VE, 999 t for VP.
@@ -121,8 +118,7 @@ def test_imported_networks_reproduce_the_reference_outputs(name):
     else:
         t = labels / 999.
         expected_score = -io['y_ema'] / np.asarray(sde.sigma(t))[:, None, None, None]
-    chosen, state_dict, _, _ = reference_import.read_reference(os.path.join(REF, f'{name}.pth'))
-    params = reference_import.to_params(chosen, reference_import._check_level(state_dict, exp, level))
+    params = reference_import.network_params(exp, os.path.join(REF, f'{name}.pth'), level)
     score = get_score_fn(exp.model, sde, params)(x, t)
     np.testing.assert_allclose(score, expected_score, rtol=2e-4, atol=1e-5 * np.abs(expected_score).max())
 
