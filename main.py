@@ -1,30 +1,36 @@
 """Entry point: python main.py --mode=<mode> --config=configs/<file>.py --workdir=<dir> [--config.a.b=value].
 
-On several hosts add --distributed (TPU pods, SLURM and other auto-detected clusters) or give
---coordinator_address, --num_processes and --process_id explicitly.
+The config is checked once, here, into typed settings (subspace_diffusion/settings.py); bad input of
+any kind (a flag, a config field, data, a checkpoint, the workdir) ends with one line naming the
+problem and the fix, and a non-zero exit. On several hosts add --distributed (TPU pods, SLURM and
+other auto-detected clusters) or give --coordinator_address, --num_processes and --process_id.
 """
+import errno
+import json
 import logging as std_logging
 import os
+import re
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from subspace_diffusion import analysis, applications, evaluate, parallel, reference_import, train
-from subspace_diffusion.checkpoints import CheckpointError
+from subspace_diffusion import analysis, applications, evaluate, parallel, quality, reference_import, train
+from subspace_diffusion.checkpoints import CheckpointError, SaveFailed
 from subspace_diffusion.pth import PthError
+from subspace_diffusion.settings import Settings, close_fields, field_paths
 
 FLAGS = flags.FLAGS
 MODES = {
     'train': train.train,
     'eval': evaluate.evaluate,
-    'fid_stats': evaluate.fid_stats,
+    'fid_stats': quality.fid_stats,
     'subspace_stats': analysis.subspace_stats,
-    'cutoffs': applications.cutoffs_mode,
-    'inpaint': applications.inpaint_mode,
-    'colorize': applications.colorize_mode,
-    'import': lambda config, workdir: reference_import.import_mode(
-        config, workdir, FLAGS.import_from, FLAGS.import_level, FLAGS.import_weights, FLAGS.import_dry_run),
+    'cutoffs': analysis.cutoffs,
+    'inpaint': applications.inpaint,
+    'colorize': applications.colorize,
+    'import': lambda settings, workdir: reference_import.import_mode(
+        settings, workdir, FLAGS.import_from, FLAGS.import_level, FLAGS.import_weights, FLAGS.import_dry_run),
 }
 
 config_flags.DEFINE_config_file('config', None, 'Config file (ml_collections).', lock_config=True)
@@ -41,32 +47,119 @@ flags.DEFINE_enum('import_weights', 'ema', reference_import.WEIGHTS,
 flags.DEFINE_bool('import_dry_run', False, '--mode=import: print the key mapping and parameter count, write nothing.')
 flags.mark_flags_as_required(['config', 'workdir', 'mode'])
 
+# The mode whose record of settings is kept once: a resume with other settings is recorded beside it.
+FIRST_RECORD_ONLY = ('train',)
+
+
+def parse_flags(argv):
+    """absl flag parsing with one line per problem (unknown --config.<field>, missing config file) instead of tracebacks."""
+    config_file = next((a.split('=', 1)[1] for a in reversed(argv) if a.startswith('--config=')), None)
+    if config_file and not os.path.isfile(config_file.split(':')[0]):
+        # Checked first: config_flags would print a traceback and fail only later, on first use.
+        sys.exit(f'error: config file not found: --config={config_file}')
+    try:
+        return FLAGS(argv)
+    except Exception as e:  # noqa: BLE001 -- config_flags raises AttributeError, KeyError, IOError, flags.Error
+        sys.exit(f'error: {_flag_problem(argv, config_file, e)}')
+
+
+def _flag_problem(argv, config_file, error) -> str:
+    base = _base_config(config_file) if config_file else None
+    if base is not None:
+        known = set(field_paths(base))
+        for arg in argv:
+            path = re.match(r'--config\.([\w.]+)=', arg)
+            if path and path.group(1) not in known:
+                close = close_fields(path.group(1), base)
+                return (f'--config.{path.group(1)} is not a field of {config_file}'
+                        + (f'; did you mean {", ".join("--config." + c for c in close)}?' if close else ''))
+    text = str(error).strip()
+    return text.splitlines()[-1] if text else repr(error)
+
+
+def _base_config(config_file):
+    """The config a --config=<file> flag names, loaded without overrides (None if it cannot be)."""
+    try:
+        return config_flags.config_flags._LoadConfigModule('config', config_file.split(':')[0]).get_config()
+    except Exception:  # noqa: BLE001 -- only used to suggest field names
+        return None
+
+
+def check_workdir(workdir):
+    """Create the workdir and prove it writable, or raise one ValueError naming the problem and the fix."""
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise ValueError(f'--workdir={workdir} is a file, not a directory: choose another --workdir')
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        probe = os.path.join(workdir, '.write_test')
+        with open(probe, 'w') as f:
+            f.write('ok')
+        os.remove(probe)
+    except OSError as e:
+        reason = {errno.ENOTDIR: 'a part of the path is a file', errno.EROFS: 'read-only file system',
+                  errno.EACCES: 'permission denied', errno.ENOSPC: 'no space left'}.get(e.errno, e.strerror)
+        raise ValueError(f'--workdir={workdir} cannot be written ({reason}): choose another --workdir') from None
+
+
+def record_settings(config, workdir, mode):
+    """Write config_<mode>.json after the settings passed; the training record keeps the first run's settings."""
+    path = os.path.join(workdir, f'config_{mode}.json')
+    new = json.loads(config.to_json_best_effort())
+    if mode in FIRST_RECORD_ONLY and os.path.exists(path):
+        with open(path) as f:
+            old = json.load(f)
+        if old == new:
+            return
+        changed = sorted(_differences(old, new))
+        path = os.path.join(workdir, f'config_{mode}_resumed_{_next_index(workdir, mode)}.json')
+        logging.info('settings differ from the first run (%s); recorded in %s', ', '.join(changed), path)
+    from subspace_diffusion.files import atomic_json
+    atomic_json(path, new)
+
+
+def _differences(old, new, prefix=''):
+    for key in set(old) | set(new):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            yield from _differences(a, b, f'{prefix}{key}.')
+        elif a != b:
+            yield f'{prefix}{key}'
+
+
+def _next_index(workdir, mode):
+    taken = [f for f in os.listdir(workdir) if f.startswith(f'config_{mode}_resumed_')]
+    return len(taken) + 1
+
 
 def main(argv):
     del argv
     logging.set_verbosity(logging.INFO)
-    # Orbax reports every save step at INFO; keep its warnings, drop the chatter from the progress log.
+    # Orbax reports every save at INFO and failures with tracebacks from its threads; a failed save reaches
+    # the user as one line from train.py instead.
     std_logging.getLogger('absl').addFilter(
-        lambda record: record.levelno >= std_logging.WARNING or 'orbax' not in record.pathname)
+        lambda record: record.levelno >= std_logging.CRITICAL or 'orbax' not in record.pathname)
+    # Orbax writes through asyncio tasks; asyncio would log their failure as a second traceback.
+    std_logging.getLogger('asyncio').setLevel(std_logging.CRITICAL)
     if FLAGS.distributed or FLAGS.coordinator_address:
         parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-    config = FLAGS.config
-    if FLAGS.mode == 'import' and FLAGS.import_dry_run:  # a dry run writes nothing, not even the workdir
-        return _run(config)
-    os.makedirs(FLAGS.workdir, exist_ok=True)
-    if parallel.is_main_process():
-        with open(os.path.join(FLAGS.workdir, f'config_{FLAGS.mode}.json'), 'w') as f:
-            f.write(config.to_json_best_effort(indent=2))
-    _run(config)
-
-
-def _run(config):
     try:
-        MODES[FLAGS.mode](config, FLAGS.workdir)
+        settings = Settings.from_config(FLAGS.config)
+        dry_run = FLAGS.mode == 'import' and FLAGS.import_dry_run  # writes nothing, not even the workdir
+        if not dry_run:
+            check_workdir(FLAGS.workdir)
+            if parallel.is_main_process():
+                record_settings(FLAGS.config, FLAGS.workdir, FLAGS.mode)
+        MODES[FLAGS.mode](settings, FLAGS.workdir)
+    except SaveFailed as e:
+        # Orbax's writer threads are left mid-write; a normal interpreter exit would print their
+        # tracebacks. The previous checkpoint is whole, so leave at once with the one line.
+        sys.stderr.write(f'error: {e}\n')
+        sys.stderr.flush()
+        os._exit(1)
     except (ValueError, FileNotFoundError, FloatingPointError, CheckpointError, PthError) as e:
         # Configuration, data and checkpoint problems: one clear line and a non-zero exit, not a traceback.
         sys.exit(f'error: {e}')
 
 
 if __name__ == '__main__':
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

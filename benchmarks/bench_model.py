@@ -14,7 +14,9 @@ import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import cifar10_ve_ncsnpp  # noqa: E402
-from subspace_diffusion.models.score import create_model, init_params  # noqa: E402
+from subspace_diffusion.models.ncsnpp import NCSNpp  # noqa: E402
+from subspace_diffusion.models.score import init_params  # noqa: E402
+from subspace_diffusion.settings import Settings  # noqa: E402
 from timing import median_time  # noqa: E402
 
 REPEATS = 3
@@ -38,9 +40,9 @@ def main():
     parser.add_argument("--batch", type=int, default=8, help="batch at 32 px")
     parser.add_argument("--equal_pixels", action="store_true", help="scale the batch by (32 / res)^2")
     args = parser.parse_args()
-    config = cifar10_ve_ncsnpp.get_config()
-    model = create_model(config)
-    params = init_params(model, jax.random.PRNGKey(0), config)["params"]
+    settings = Settings.from_config(cifar10_ve_ncsnpp.get_config())
+    model = NCSNpp(net=settings.network)
+    params = init_params(model, jax.random.PRNGKey(0), settings.data.shape)["params"]
 
     def forward(p, x, t):
         return model.apply({"params": p}, x, t, train=False)

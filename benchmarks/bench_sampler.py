@@ -6,15 +6,18 @@ The score function is a cheap 3-layer convolutional net with fixed random weight
 the number of pixels, like a real score network, and it needs no training.
 """
 import argparse
+import os
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from subspace_diffusion.sampling import SamplerConfig, langevin_step, predictor_step, pc_sample, split_grid
-from subspace_diffusion.sde import SDE
-from subspace_diffusion.subspaces import PieceStats, PoolingChain
-from timing import median_time
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from subspace_diffusion.sampling import SamplerConfig, langevin_step, predictor_step, pc_sample, split_grid  # noqa
+from subspace_diffusion.sde import SDE  # noqa: E402
+from subspace_diffusion.subspaces import PieceStats, PoolingChain, Subspace  # noqa: E402
+from timing import median_time  # noqa: E402
 
 
 def conv_score(width, channels, key):
@@ -60,7 +63,8 @@ def main():
     ideal = sum(calls[k] * per_level[k] for k in calls) / (sum(calls.values()) * per_level[0])
 
     full = jax.jit(lambda key: pc_sample(key, args.batch, sde, [score], cfg, shape=chain.shapes[0])[0])
-    sub = jax.jit(lambda key: pc_sample(key, args.batch, sde, fns, cfg, chain, stats, args.cutoffs)[0])
+    subspace = Subspace(chain, stats, args.cutoffs)
+    sub = jax.jit(lambda key: pc_sample(key, args.batch, sde, fns, cfg, subspace)[0])
     t_full, t_sub = median_time(full, key, reps=3), median_time(sub, key, reps=3)
 
     grid = np.linspace(1.0, sde.sampling_eps, args.steps)

@@ -16,19 +16,20 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import cifar10_ve_ncsnpp, quick_digits  # noqa: E402
-from subspace_diffusion import parallel, train  # noqa: E402
+from subspace_diffusion import parallel, train, train_state  # noqa: E402
 from subspace_diffusion.experiment import Experiment  # noqa: E402
+from subspace_diffusion.settings import Settings  # noqa: E402
 
 
-def examples_per_sec(config, n_jit, calls):
-    """(examples/s per device, compile+first-call seconds) of the training step of `config`."""
-    exp = Experiment(config)
-    tx = train.make_optimizer(config, exp.param_keys)
+def examples_per_sec(settings, n_jit, calls):
+    """(examples/s per device, compile+first-call seconds) of the training step of `settings`."""
+    exp = Experiment(settings, settings.subspace.train_levels())
+    tx = train_state.make_optimizer(settings.optim, exp.param_keys)
     mesh = parallel.make_mesh()
-    state = jax.jit(lambda k: train.init_state(exp, tx, k), out_shardings=parallel.replicated(mesh))(
+    state = jax.jit(lambda k: train_state.init_state(exp, tx, k), out_shardings=parallel.replicated(mesh))(
         jax.random.PRNGKey(0))
     step = train.make_train_step(exp, tx, mesh, 0, n_jit)
-    b = config.training.batch_size
+    b = settings.training.batch_size
     local = np.random.default_rng(0).random((n_jit, b) + exp.level_shape(0), np.float32)
     batch = parallel.global_batch(local, mesh, leading_axes=1)
     t0 = time.perf_counter()
@@ -42,12 +43,11 @@ def examples_per_sec(config, n_jit, calls):
     return calls * n_jit * b / (time.perf_counter() - t0) / jax.device_count(), compile_s
 
 
-def _config(module, batch, level=0):
+def _settings(module, batch, level=0):
     config = module.get_config()
-    with config.unlocked():
-        config.training.batch_size = batch
-        config.subspace.train_level = level
-    return config
+    config.training.batch_size = batch
+    config.subspace.train_level = level
+    return Settings.from_config(config)
 
 
 def main():
@@ -58,18 +58,18 @@ def main():
     parser.add_argument('--n_jitted', type=int, default=5)
     parser.add_argument('--skip_cifar', action='store_true')
     args = parser.parse_args()
-    rows = [('quick digits (nf 16)', 16, _config(quick_digits, 64))]
+    rows = [('quick digits (nf 16)', 16, _settings(quick_digits, 64))]
     if not args.skip_cifar:
-        rows += [('CIFAR-10 VE NCSN++ full', 32, _config(cifar10_ve_ncsnpp, args.cifar_batch)),
-                 ('CIFAR-10 VE NCSN++ level 1', 16, _config(cifar10_ve_ncsnpp, args.cifar_batch, level=1))]
+        rows += [('CIFAR-10 VE NCSN++ full', 32, _settings(cifar10_ve_ncsnpp, args.cifar_batch)),
+                 ('CIFAR-10 VE NCSN++ level 1', 16, _settings(cifar10_ve_ncsnpp, args.cifar_batch, level=1))]
     print(f'device {jax.devices()[0].device_kind} x {jax.device_count()}, backend {jax.default_backend()}, '
           f'{args.calls} timed calls after one compile call\n', flush=True)
     print(f'| model | px | batch | ex/s/device, 1 step/call | ex/s/device, {args.n_jitted} steps/call | '
           f'speed-up | compile s (1 / {args.n_jitted}) |\n|---|---|---|---|---|---|---|', flush=True)
-    for name, px, config in rows:
-        one, c1 = examples_per_sec(config, 1, args.calls * args.n_jitted)
-        many, cn = examples_per_sec(config, args.n_jitted, args.calls)
-        print(f'| {name} | {px} | {config.training.batch_size} | {one:.1f} | {many:.1f} | {many / one:.3f} '
+    for name, px, settings in rows:
+        one, c1 = examples_per_sec(settings, 1, args.calls * args.n_jitted)
+        many, cn = examples_per_sec(settings, args.n_jitted, args.calls)
+        print(f'| {name} | {px} | {settings.training.batch_size} | {one:.1f} | {many:.1f} | {many / one:.3f} '
               f'| {c1:.0f} / {cn:.0f} |', flush=True)
 
 

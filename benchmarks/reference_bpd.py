@@ -22,6 +22,7 @@ sys.path.insert(0, ROOT)
 from results import save_result  # noqa: E402
 from subspace_diffusion import likelihood, reference_import  # noqa: E402
 from subspace_diffusion.experiment import Experiment  # noqa: E402
+from subspace_diffusion.settings import Settings  # noqa: E402
 
 REF = os.path.join(ROOT, 'tests', 'data', 'reference')
 PROBES = 64
@@ -30,7 +31,8 @@ PROBES = 64
 def main():
     config = importlib.import_module('configs.cifar10_vp_ddpmpp').get_config()
     config.model.nf, config.model.num_res_blocks, config.data.image_size = 8, 1, 8
-    exp = Experiment(config, levels=(0,), shared=False)
+    config.subspace.levels, config.subspace.cutoffs = 0, ()  # the full-space network alone
+    exp = Experiment(Settings.from_config(config), levels=(0,))
     params = {'level_0': reference_import.network_params(exp, os.path.join(REF, 'vp_8.pth'), 0)}
     x = jnp.asarray(np.load(os.path.join(REF, 'vp_8_io.npz'))['x'][:1])
     score = [exp.score_fn(params, 0)]

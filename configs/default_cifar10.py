@@ -88,11 +88,7 @@ def get_config():
     sde.beta_max = 20.0
 
     config.model = model = ml_collections.ConfigDict()
-    model.name = "ncsnpp"
-    model.sigma_min = sde.get_ref("sigma_min")
-    model.sigma_max = sde.get_ref("sigma_max")
-    model.beta_min = sde.get_ref("beta_min")
-    model.beta_max = sde.get_ref("beta_max")
+    model.name = "ncsnpp"  # or "ddpmpp": the same module, DDPM++ being NCSN++ under its settings
     model.dropout = 0.1
     model.embedding_type = "fourier"
     model.fourier_scale = 16.0
@@ -132,7 +128,8 @@ def get_config():
     subspace.levels = 1
     subspace.factor = 2
     subspace.cutoffs = (0.516,)  # orthogonal Fisher divergence 3e-3 cutoff of the NCSN++ model (paper, SPEC 4)
-    subspace.stats_path = ""
+    subspace.stats_path = ""  # "": <workdir>/subspace_stats_<chain id>.npz, one file per chain
+    subspace.fit_examples = 10000  # training images that PCA / patch-PCA subspaces are fitted on
     subspace.train_level = 0  # level whose network is trained: 0 = full space, k, or -1 = every level
     subspace.train_from_cutoff = True  # level k > 0 trains on t ~ U(t_k, T); False: U(training.eps, T)
     subspace.shared_params = False

@@ -1,68 +1,91 @@
-"""Subspace analysis jobs run from main.py: per-piece statistics of a chain on the training set."""
-import json
+"""main.py's analysis jobs: the chain's piece statistics (--mode=subspace_stats) and cutoffs (--mode=cutoffs)."""
 import os
+import time
 
+import jax
 import numpy as np
 from absl import logging
 
-from subspace_diffusion import data
-from subspace_diffusion.subspaces import Chain, compute_stats, make_chain
+from subspace_diffusion import loading
+from subspace_diffusion.cutoffs import choose_cutoff, fisher_divergence_curve
+from subspace_diffusion.experiment import Experiment, training_images
+from subspace_diffusion.files import atomic_json
+from subspace_diffusion.settings import Settings
 
 
-def image_shape(config):
-    """Per-example (H, W, C) of the config's data."""
-    return (config.data.image_size, config.data.image_size, config.data.num_channels)
+def subspace_stats(settings: Settings, workdir):
+    """Measure mu_j, sigma_perp_j and RMS distances of the chain on the training set; write .npz and .json."""
+    if not settings.subspace.levels:
+        raise ValueError('--mode=subspace_stats needs a chain: set config.subspace.levels >= 1')
+    exp = Experiment(settings, levels=(0,))
+    return exp.measure_stats(workdir)
 
 
-def build_chain(config) -> Chain:
-    """The config's subspace chain; PCA kinds are fitted on `subspace.fit_examples` training images."""
-    sub = config.subspace
-    fitted = None
-    if sub.kind in ('pca', 'patch_pca'):
-        batches, fitted, n = training_batches(config), [], 0
-        for batch in batches:
-            fitted.append(batch)
-            n += batch.shape[0]
-            if n >= sub.get('fit_examples', 10_000):
-                break
-        fitted = np.concatenate(fitted)
-    return make_chain(sub.kind, image_shape(config), sub.levels, data=fitted, patch=sub.get('factor', 2))
+def _take(batches, n):
+    """The first n examples of an iterator of (B, ...) batches, as batches."""
+    for x in batches:
+        yield x[:n]
+        n -= x.shape[0]
+        if n <= 0:
+            return
 
 
-def training_batches(config, batch_size=256):
-    """One pass over the training images (B, H, W, C) in model space, without flips or dequantisation."""
-    # Statistics describe the data itself: no flips, no dequantisation noise.
-    return (b['image'] for b in data.get_dataset(config, 'train', batch_size, augment=False, repeat=False))
+def cutoffs(settings: Settings, workdir):
+    """Orthogonal Fisher divergence of the full-space model for every level; writes cutoffs.json and cutoffs.png."""
+    sub = settings.subspace
+    if not sub.levels:
+        raise ValueError('--mode=cutoffs needs a subspace chain: set config.subspace.levels >= 1')
+    exp = Experiment(settings, levels=(0,))
+    loaded = loading.load_levels(settings, (0,), workdir)
+    step = loaded.sources[0]['step']
+    subspace = exp.subspace(exp.load_stats(workdir))
+    score = exp.score_fn(loaded.params, 0)
+    sde, chain = exp.sde, exp.chain
+    ts = np.linspace(sde.sampling_eps, sde.T, sub.cutoff_times_num)
+    n = sub.cutoff_num_examples
+    logging.info('cutoffs of the %s: full-space model at step %d, %d times in [%.0e, %g], %d training examples',
+                 subspace.describe(), step, len(ts), ts[0], ts[-1], n)
+    levels = []
+    for k in range(1, exp.num_levels + 1):
+        t0 = time.perf_counter()
+        # The same key for every level: all curves see the same x_t, so they compare without extra noise.
+        curve = fisher_divergence_curve(jax.random.PRNGKey(settings.seed), sde, subspace, k, score,
+                                        _take(training_images(settings.data, sub.cutoff_batch_size), n), ts)
+        cutoff = choose_cutoff(ts, curve, sub.cutoff_threshold)
+        levels.append({'level': k, 'shape': list(chain.shapes[k]), 'divergence': curve.tolist(), 'cutoff': cutoff})
+        logging.info('level %d (%s): D(t) from %.3e at t=%.2g to %.3e at t=%g; cutoff at %g: %s (%.1fs)', k,
+                     'x'.join(map(str, chain.shapes[k])), curve[0], ts[0], curve[-1], ts[-1], sub.cutoff_threshold,
+                     'none (D never falls below)' if cutoff is None else f'{cutoff:.3f}', time.perf_counter() - t0)
+    result = {'step': step, 'threshold': sub.cutoff_threshold, 'num_examples': n, 'sde': sde.kind,
+              'ts': ts.tolist(), 'levels': levels}
+    path = os.path.join(workdir, 'cutoffs.json')
+    atomic_json(path, result)
+    plot_cutoffs(result, os.path.join(workdir, 'cutoffs.png'))
+    chosen = [row['cutoff'] for row in levels]
+    if all(c is not None for c in chosen):
+        logging.info('suggested: --config.subspace.cutoffs="(%s)"', ', '.join(f'{c:.3f}' for c in chosen))
+    logging.info('wrote %s and cutoffs.png', path)
+    return result
 
 
-def stats_path(config, workdir):
-    """Where the statistics live: subspace.stats_path, or <workdir>/subspace_stats.npz."""
-    return config.subspace.get('stats_path') or os.path.join(workdir, 'subspace_stats.npz')
+def plot_cutoffs(result, path):
+    """Log-scale D(t) per level with the threshold and the chosen cutoffs, as a PNG (matplotlib, Agg)."""
+    import matplotlib  # only this plot needs it
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
 
-
-def subspace_stats(config, workdir, chain=None, write=True):
-    """Measure mu_j, sigma_perp_j and RMS distances of the chain on the training set; write .npz and JSON."""
-    chain = chain or build_chain(config)
-    stats = compute_stats(chain, training_batches(config))
-    if not write:
-        return stats
-    path = stats_path(config, workdir)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    stats.save(path)
-    table = {
-        'chain': chain.signature(),
-        'data_space': 'centered [-1,1]' if config.data.centered else '[0,1]',
-        'levels': [{'level': k, 'shape': list(chain.shapes[k]),
-                    'rms_distance_per_orthogonal_dim': float(stats.rms_distance[k - 1]),
-                    'piece_sigma_perp': float(stats.sigma_perp[k - 1]),
-                    'piece_mean_norm': float(np.linalg.norm(stats.mu[k - 1]))}
-                   for k in range(1, chain.num_levels + 1)],
-    }
-    with open(os.path.splitext(path)[0] + '.json', 'w') as f:
-        json.dump(table, f, indent=2)
-    for row in table['levels']:
-        logging.info('level %d %s: RMS distance per orthogonal dim %.4f, piece sigma_perp %.4f', row['level'],
-                     'x'.join(map(str, row['shape'])), row['rms_distance_per_orthogonal_dim'],
-                     row['piece_sigma_perp'])
-    logging.info('wrote %s', path)
-    return stats
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for row in result['levels']:
+        line, = ax.semilogy(result['ts'], np.maximum(row['divergence'], 1e-12), marker='o', markersize=3,
+                            label=f"level {row['level']} ({'x'.join(map(str, row['shape'][:2]))})")
+        if row['cutoff'] is not None:
+            ax.axvline(row['cutoff'], color=line.get_color(), linestyle=':', linewidth=1)
+    ax.axhline(result['threshold'], color='k', linestyle='--', linewidth=1, label=f"threshold {result['threshold']:g}")
+    ax.set_xlabel('t')
+    ax.set_ylabel('orthogonal Fisher divergence D(t)')
+    ax.set_title(f"{result['sde'].upper()} model, step {result['step']}, {result['num_examples']} examples")
+    ax.grid(True, which='both', alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

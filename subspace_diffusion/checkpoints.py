@@ -6,14 +6,47 @@ Each checkpoint holds the train state and a small JSON record of what was traine
 checked before the state is read, so a config that does not match gets a clear message.
 """
 import os
+import shutil
 
+import jax
 import orbax.checkpoint as ocp
+
+from subspace_diffusion import parallel
 
 PREEMPT, ARCHIVE = 'preempt', 'archive'
 
 
 class CheckpointError(ValueError):
     """A checkpoint exists but cannot be used with this config."""
+
+
+class SaveFailed(CheckpointError):
+    """Writing a checkpoint failed (disk full, read-only): the previous checkpoint is intact."""
+
+
+# Where each recorded setting comes from in the config.
+_CONFIG_NAMES = {'sde': 'sde.kind', 'levels': 'subspace.train_level', 'param_keys': 'subspace.shared_params',
+                 'level_shapes': 'data.image_size / subspace.levels / subspace.factor',
+                 'network.centered': 'data.centered', 'network.image_size': 'data.image_size'}
+
+
+def setting_differences(recorded: dict, expected: dict) -> list:
+    """'model.nf: checkpoint 16, config 32' for every recorded setting that differs (nested records flattened)."""
+    out = []
+    for key, want in expected.items():
+        if key not in recorded:  # older checkpoints record fewer settings
+            continue
+        if key in ('param_keys', 'level_shapes') and recorded.get('levels') != expected.get('levels'):
+            continue  # they follow from the levels, reported once
+        if key == 'param_keys' and 'shared' not in recorded[key] + want:
+            continue
+        have = recorded[key]
+        if isinstance(want, dict) and isinstance(have, dict):
+            out += [f'{_CONFIG_NAMES.get(f"{key}.{k}", f"model.{k}")}: checkpoint {have.get(k)!r}, config {v!r}'
+                    for k, v in want.items() if k in have and have[k] != v]
+        elif have != want:
+            out.append(f'{_CONFIG_NAMES.get(key, key)}: checkpoint {have!r}, config {want!r}')
+    return out
 
 
 class Checkpoints:
@@ -45,6 +78,17 @@ class Checkpoints:
         """Start an asynchronous save of `state` (a pytree of global arrays) and `meta` (JSON) at `step`."""
         if self.read_only:
             raise CheckpointError(f'{self.root} was opened for reading only')
+        # A write that runs out of space half-way leaves Orbax's writer threads failing noisily: refuse
+        # up front when the state could not fit (every process decides together).
+        needed = sum(leaf.nbytes for leaf in jax.tree.leaves(state))
+        free = shutil.disk_usage(self.root).free
+        if parallel.any_process(free < needed):
+            latest = self.latest_step()
+            raise SaveFailed(f'no room for the checkpoint of step {step} ({needed / 2 ** 20:.1f} MiB needed, '
+                             f'{free / 2 ** 20:.1f} MiB free in {self.root}): '
+                             + ('no checkpoint yet' if latest is None else
+                                f'the last good checkpoint (step {latest}) is intact')
+                             + '; free space, then rerun to resume')
         # On several hosts the two managers' finalisations use the same barrier names: never overlap them.
         for other, manager in self.managers.items():
             if other != kind:
@@ -75,12 +119,10 @@ class Checkpoints:
         meta = self.read_meta(step)
         manager = self._manager_for(step)
         path = os.path.join(str(manager.directory), str(step))
-        mismatch = {k: (meta.get(k), v) for k, v in expected_meta.items() if meta.get(k) != v}
+        mismatch = setting_differences(meta, expected_meta)
         if mismatch:
-            raise CheckpointError(f'checkpoint {path} was written by a different setup: '
-                                  + '; '.join(f'{k}: checkpoint has {a!r}, config gives {b!r}'
-                                              for k, (a, b) in mismatch.items())
-                                  + '. Use the config it was trained with, or a fresh --workdir.')
+            raise CheckpointError(f'checkpoint {path} was trained with other settings: ' + '; '.join(mismatch)
+                                  + '. Use the settings it was trained with, or a fresh --workdir.')
         try:
             state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))).state
         except Exception as e:  # noqa: BLE001

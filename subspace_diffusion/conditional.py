@@ -20,9 +20,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from subspace_diffusion.sampling import SamplerConfig, lift_variance, pc_sample
+from subspace_diffusion.sampling import SamplerConfig, pc_sample
 from subspace_diffusion.sde import SDE
-from subspace_diffusion.subspaces import Chain, PieceStats
+from subspace_diffusion.subspaces import Subspace
 
 MASKS = ('left_half', 'right_half', 'top_half', 'bottom_half', 'center', 'random')
 
@@ -65,38 +65,37 @@ def make_mask(kind: str, shape, key=None, fraction: float = 0.5) -> np.ndarray:
     return mask
 
 
-def _full_state(key, x, k, t, sde: SDE, chain: Optional[Chain], stats: Optional[PieceStats]):
+def _full_state(key, x, k, t, sde: SDE, subspace: Optional[Subspace]):
     """U_k x_k plus every dropped piece j <= k drawn from N(alpha mu_j, v_j(t)): a full-space state (B, *shapes[0])."""
     if not k:
         return x
+    chain = subspace.chain
     full = chain.up(x, k)
     z = jax.random.normal(key, full.shape, full.dtype)
     for j in range(1, k + 1):
-        full = full + sde.alpha(t) * stats.mu_full(chain, j)[None] + jnp.sqrt(
-            lift_variance(sde, stats, j, t)) * chain.piece(z, j)
+        full = full + sde.alpha(t) * subspace.mu_full(j)[None] + jnp.sqrt(
+            subspace.lift_variance(sde, j, t)) * chain.piece(z, j)
     return full
 
 
-def impose(key, x, k, t, data, project: Callable, sde: SDE, chain=None, stats=None):
+def impose(key, x, k, t, data, project: Callable, sde: SDE, subspace: Optional[Subspace] = None):
     """Level-k state x (B, *shapes[k]) with its known part set to Pi(alpha(t) data + sigma(t) z); data (B, H, W, C)."""
     kz, kr = jax.random.split(key)
     known = project(sde.alpha(t) * data + sde.sigma(t) * jax.random.normal(kz, data.shape, data.dtype))
-    full = _full_state(kr, x, k, t, sde, chain, stats)
+    full = _full_state(kr, x, k, t, sde, subspace)
     full = full - project(full) + known
-    return chain.down(full, k) if k else full
+    return subspace.chain.down(full, k) if k else full
 
 
 def conditional_pc_sample(key, data, project: Callable, sde: SDE, score_fns: Sequence[Callable], cfg: SamplerConfig,
-                          chain: Optional[Chain] = None, stats: Optional[PieceStats] = None, cutoffs=()):
+                          subspace: Optional[Subspace] = None):
     """Multi-level PC sampler with the known part replaced -> (samples (B, *shapes[0]) with Pi x = Pi data, NFE).
 
     data (B, H, W, C) in model space (only Pi data is used); score_fns[k] is the level-k score, as in
     `sampling.pc_sample` (whose grid, stages, lift and final denoising this follows step for step).
     """
     data = jnp.asarray(data, jnp.float32)
-    x, nfe = pc_sample(key, data.shape[0], sde, score_fns, cfg, chain, stats, cutoffs, shape=data.shape[1:],
-                       dtype=data.dtype, impose=functools.partial(impose, data=data, project=project, sde=sde,
-                                                                  chain=chain, stats=stats))
+    x, nfe = pc_sample(key, data.shape[0], sde, score_fns, cfg, subspace, shape=data.shape[1:], dtype=data.dtype,
+                       impose=functools.partial(impose, data=data, project=project, sde=sde, subspace=subspace))
     # Final step: the known part is the clean data itself.
     return x - project(x) + project(data), nfe
-

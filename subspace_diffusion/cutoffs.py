@@ -5,23 +5,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from subspace_diffusion.sde import SDE, _bcast
-from subspace_diffusion.subspaces import Chain, PieceStats
+from subspace_diffusion.sde import SDE, bcast
+from subspace_diffusion.subspaces import Subspace
 
 
-def complement_stats(chain: Chain, stats: PieceStats, k: int):
-    """(mu (shapes[0]), sigma_perp^2, dim Q) of the whole complement of V_k, from the per-piece statistics."""
-    dims = np.array([chain.piece_dim(j) for j in range(1, k + 1)])
-    mu = sum(stats.mu_full(chain, j) for j in range(1, k + 1))
-    var = float(np.sum(dims * np.asarray(stats.sigma_perp[:k]) ** 2) / dims.sum())
-    return mu, var, int(dims.sum())
-
-
-def fisher_divergence_curve(key, sde: SDE, chain: Chain, stats: PieceStats, k: int, full_score: Callable,
-                            batches: Iterable, ts) -> np.ndarray:
+def fisher_divergence_curve(key, sde: SDE, subspace: Subspace, k: int, full_score: Callable, batches: Iterable,
+                            ts) -> np.ndarray:
     """D(t) for each t in ts (SPEC section 4): E ||Q s(x_t, t) + Q (x_t - alpha mu) / v||^2 v / dim Q."""
-    stats.check(chain)
-    mu, var, dim_q = complement_stats(chain, stats, k)
+    mu, var, dim_q = subspace.complement(k)
+    chain = subspace.chain
     ts = jnp.asarray(ts, jnp.float32)
 
     def project(x):
@@ -33,7 +25,7 @@ def fisher_divergence_curve(key, sde: SDE, chain: Chain, stats: PieceStats, k: i
             vt = jnp.full((x0.shape[0],), t)
             xt = sde.perturb(x0, vt, jax.random.normal(key, x0.shape, x0.dtype))
             v = sde.alpha(t) ** 2 * var + sde.sigma(t) ** 2
-            r = project(full_score(xt, vt)) + project(xt - _bcast(sde.alpha(vt), xt) * mu[None]) / v
+            r = project(full_score(xt, vt)) + project(xt - bcast(sde.alpha(vt), xt) * mu[None]) / v
             return jnp.sum(r.reshape(x0.shape[0], -1) ** 2, axis=1) * v / dim_q
         return jax.vmap(one_t)(jax.random.split(key, ts.shape[0]), ts)
 

@@ -8,6 +8,7 @@ epoch of batch s and skip only the part of that epoch before it, on undecoded re
 TensorFlow / TFDS are imported lazily inside the TF-backed sources only, so importing this module
 (and the offline 'digits' / 'folder' datasets) never needs TensorFlow.
 """
+import hashlib
 import os
 import re
 
@@ -110,11 +111,11 @@ def load_images(paths, size: int, channels: int) -> np.ndarray:
 # ----------------------------------------------------------------------------- in-memory datasets
 
 
-def _digits(config, split):
+def _digits(d, split):
     """sklearn digits upsampled bilinearly: float32 (N, S, S, 1) in [0,1]; 1/6 held out as test."""
     from sklearn.datasets import load_digits
     digits = load_digits().images.astype(np.float32) / 16.
-    size = config.data.image_size
+    size = d.image_size
     # Bilinear, not nearest: nearest upsampling would put every image exactly inside the 8x8
     # pooling subspace, so the 16->8 orthogonal component would be identically zero (degenerate
     # sigma_perp); bilinear keeps a small, realistic high-frequency component.
@@ -127,16 +128,16 @@ def _digits(config, split):
     return images[np.sort(perm[n_test:] if split == 'train' else perm[:n_test])]
 
 
-def _folder(config, split):
-    """All images under config.data.data_dir (every split uses them all): (N, S, S, C) in [0,1]."""
+def _folder(d, split):
+    """All images under data.data_dir (every split uses them all): (N, S, S, C) in [0,1]."""
     del split  # A folder of user images has no split.
-    data_dir = config.data.data_dir
+    data_dir = d.data_dir
     if not data_dir or not os.path.isdir(data_dir):
         raise FileNotFoundError(f'dataset folder not found: config.data.data_dir={data_dir!r}')
     paths = image_files(data_dir)
     if not paths:
         raise ValueError(f'no {"/".join(IMAGE_EXTENSIONS)} images found in {data_dir} (config.data.data_dir)')
-    return load_images(paths, config.data.image_size, config.data.num_channels)
+    return load_images(paths, d.image_size, d.num_channels)
 
 
 def _numpy_batches(images, local_batch, shuffle, repeat, seed, process_index, start_step):
@@ -189,10 +190,10 @@ def _resize_square(img, size):
 class _TFDSSource:
     """This process's slice of a prepared TFDS split; elements stay encoded until `decode`."""
 
-    def __init__(self, config, name, split, process_index, process_count, resize):
+    def __init__(self, d, name, split, process_index, process_count, resize):
         import tensorflow_datasets as tfds
-        self.name, self.resize, self.size = name, resize, config.data.image_size
-        data_dir = config.data.tfds_data_dir or None
+        self.name, self.resize, self.size = name, resize, d.image_size
+        data_dir = d.tfds_data_dir or None
         self.builder = tfds.builder(name, data_dir=data_dir)
         self.split = tfds.even_splits(split, n=process_count)[process_index]
         self.hint = (f'run `tfds build {name}{" --data_dir=" + data_dir if data_dir else ""}` or set '
@@ -225,13 +226,13 @@ class _TFDSSource:
 class _TFRecordSource:
     """score-SDE TFRecords (features 'shape' [C,H,W] and raw uint8 'data'), sharded by record."""
 
-    def __init__(self, config, process_index, process_count):
+    def __init__(self, d, process_index, process_count):
         import tensorflow as tf
-        path = config.data.tfrecords_path
+        path = d.tfrecords_path
         self.files = sorted(tf.io.gfile.glob(path)) if path else []
         if not self.files:
             raise FileNotFoundError(f'no TFRecord files at config.data.tfrecords_path={path!r}')
-        self.size, self.shard = config.data.image_size, (process_count, process_index)
+        self.size, self.shard = d.image_size, (process_count, process_index)
 
     def records(self, shuffle: bool, seed: int):
         """tf.data of serialized records of this process's shard (shuffling happens downstream)."""
@@ -285,41 +286,62 @@ def _tf_batches(source, local_batch, shuffle, repeat, seed, process_index, start
 
 def _tfds(name, splits, resize):
     """Builder of a TFDS source; `splits` maps 'train'/'test' to the dataset's split names."""
-    def build(config, split, process_index, process_count):
-        return _TFDSSource(config, name, splits[split], process_index, process_count, resize)
+    def build(d, split, process_index, process_count):
+        return _TFDSSource(d, name, splits[split], process_index, process_count, resize)
     return build
 
 
-def _celebahq(config, split, process_index, process_count):
-    """CelebA-HQ from config.data.tfrecords_path if set (as the reference), else TFDS celeb_a_hq/256."""
-    if config.data.tfrecords_path:
-        return _TFRecordSource(config, process_index, process_count)
+def _celebahq(d, split, process_index, process_count):
+    """CelebA-HQ from data.tfrecords_path if set (as the reference), else TFDS celeb_a_hq/256."""
+    if d.tfrecords_path:
+        return _TFRecordSource(d, process_index, process_count)
     return _tfds('celeb_a_hq/256', {'train': 'train', 'test': 'train'}, _resize_square)(
-        config, split, process_index, process_count)
+        d, split, process_index, process_count)
 
 
-def _lsun(config, split, process_index, process_count):
-    """LSUN category config.data.category (TFDS lsun/<category>), centre-cropped and resized as the reference."""
-    if not config.data.category:
+def _lsun(d, split, process_index, process_count):
+    """LSUN category data.category (TFDS lsun/<category>), centre-cropped and resized as the reference."""
+    if not d.category:
         raise ValueError("config.data.dataset='lsun' needs config.data.category, e.g. 'church_outdoor'")
-    return _tfds(f'lsun/{config.data.category}', {'train': 'train', 'test': 'validation'},
+    return _tfds(f'lsun/{d.category}', {'train': 'train', 'test': 'validation'},
                  lambda img, size: _resize_square(_crop_resize_uint8(img, size), size))(
-        config, split, process_index, process_count)
+        d, split, process_index, process_count)
 
 
-# key -> (kind, builder). 'numpy': (config, split) -> (N, H, W, C) float32 in [0,1];
-# 'tf': (config, split, process_index, process_count) -> a source with records / num_examples / decode.
+# key -> (kind, builder), builders taking the data settings `d` (settings.Data). 'numpy': (d, split) ->
+# (N, H, W, C) float32 in [0,1]; 'tf': (d, split, process_index, process_count) -> a source with records /
+# num_examples / decode.
 DATASETS = {
     'digits': ('numpy', _digits),
     'folder': ('numpy', _folder),
     'cifar10': ('tf', _tfds('cifar10', {'train': 'train', 'test': 'test'}, _resize_square)),
     'celebahq': ('tf', _celebahq),
     'lsun': ('tf', _lsun),
-    'ffhq': ('tf', lambda config, split, *shard: _TFRecordSource(config, *shard)),
+    'ffhq': ('tf', lambda d, split, *shard: _TFRecordSource(d, *shard)),
 }
 
 
-def _postprocess(data_config, images, flip, dequantize, seed, step, process_index):
+def content_id(data_settings, split: str) -> str:
+    """Short hash of what a split's images are: the dataset, its files (names, sizes, times), size and channels.
+
+    Anything cached from a split (reference statistics) is keyed on it, so a changed folder is read anew.
+    """
+    d = data_settings
+    parts = [dataset_key(d.dataset), split, d.image_size, d.num_channels, d.category, d.tfds_data_dir]
+    files = []
+    if dataset_key(d.dataset) == 'folder' and d.data_dir and os.path.isdir(d.data_dir):
+        files = image_files(d.data_dir)
+        parts.append(os.path.abspath(d.data_dir))
+    elif d.tfrecords_path:
+        import glob
+        files = sorted(glob.glob(d.tfrecords_path))
+    for f in files:
+        stat = os.stat(f)
+        parts.append((f, stat.st_size, stat.st_mtime_ns))
+    return hashlib.sha1(repr(parts).encode()).hexdigest()[:10]
+
+
+def _postprocess(d, images, flip, dequantize, seed, step, process_index):
     """(B, H, W, C) [0,1] batch -> model space, with flips / dequantisation keyed on the step."""
     # The randomness depends only on (seed, process, step) so a resumed run redraws it exactly.
     rng = np.random.default_rng([seed, process_index, step])
@@ -329,19 +351,19 @@ def _postprocess(data_config, images, flip, dequantize, seed, step, process_inde
         images = np.where(flipped[:, None, None, None], images[:, :, ::-1], images)
     if dequantize:
         images = (images * 255. + rng.random(images.shape, dtype=np.float32)) / 256.
-    return {'image': get_scaler(data_config.centered)(images).astype(np.float32)}
+    return {'image': get_scaler(d.centered)(images).astype(np.float32)}
 
 
-def get_dataset(config, split, batch_size, *, augment=True, process_index=0, process_count=1, seed=0,
+def get_dataset(d, split, batch_size, *, augment=True, process_index=0, process_count=1, seed=0,
                 repeat=True, start_step=0):
-    """Iterator of {'image': float32 (batch_size // process_count, H, W, C)} in model space.
+    """Iterator of {'image': float32 (batch_size // process_count, H, W, C)} in model space; d: settings.Data.
 
     augment: random flips (train split, data.random_flip) and uniform dequantisation
     (data.uniform_dequantization, every split, as score-SDE) are applied only when True.
     """
-    key = dataset_key(config.data.dataset)
+    key = dataset_key(d.dataset)
     if key not in DATASETS:
-        raise ValueError(f'unknown dataset config.data.dataset={config.data.dataset!r}; valid: {sorted(DATASETS)}')
+        raise ValueError(f'unknown dataset config.data.dataset={d.dataset!r}; valid: {sorted(DATASETS)}')
     if split not in ('train', 'test'):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     if batch_size < 1 or batch_size % process_count:
@@ -350,11 +372,11 @@ def get_dataset(config, split, batch_size, *, augment=True, process_index=0, pro
     train = split == 'train'
     kind, builder = DATASETS[key]
     if kind == 'numpy':
-        images = np.array_split(builder(config, split), process_count)[process_index]
+        images = np.array_split(builder(d, split), process_count)[process_index]
         batches = _numpy_batches(images, local_batch, train, repeat, seed, process_index, start_step)
     else:
-        source = builder(config, split, process_index, process_count)
+        source = builder(d, split, process_index, process_count)
         batches = _tf_batches(source, local_batch, train, repeat, seed, process_index, start_step)
-    flip = augment and train and config.data.random_flip
-    dequantize = augment and config.data.uniform_dequantization
-    return (_postprocess(config.data, b, flip, dequantize, seed, step, process_index) for step, b in batches)
+    flip = augment and train and d.random_flip
+    dequantize = augment and d.uniform_dequantization
+    return (_postprocess(d, b, flip, dequantize, seed, step, process_index) for step, b in batches)

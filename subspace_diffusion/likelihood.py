@@ -5,13 +5,13 @@ Its divergence splits into the network part in level-k coordinates (Hutchinson p
 n_k, or the exact trace for small n_k) and the closed-form Gaussian pieces, which need no probe.
 """
 import math
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 
-from subspace_diffusion.sampling import check_cutoffs, implicit_score, lift_variance
 from subspace_diffusion.sde import SDE
+from subspace_diffusion.subspaces import Subspace
 
 LIKELIHOOD_EPS = 1e-5  # start of the likelihood ODE for every SDE (score-SDE and the reference)
 
@@ -88,20 +88,20 @@ def _divergence(fn, x, probe, trace):
     return out, jnp.sum(jv * probe, axis=axes)
 
 
-def ode_drift_and_div(sde: SDE, chain, stats, level_scores: Sequence[Callable], cutoffs, probes, trace):
+def ode_drift_and_div(sde: SDE, subspace: Optional[Subspace], level_scores: Sequence[Callable], probes, trace):
     """Returns f(y, t) for y = (x (B, *shape0), logp (B,)): probability-flow drift and its divergence."""
-    K = len(cutoffs)
-    cutoffs = jnp.asarray(cutoffs, jnp.float32)
+    K = subspace.num_levels if subspace is not None else 0
 
     def branch(k):
         def f(x, t):
             vt = jnp.full((x.shape[0],), t)
-            xk = chain.down(x, k) if k else x
+            xk = subspace.chain.down(x, k) if k else x
             sk, div_k = _divergence(lambda z: level_scores[k](z, vt), xk, probes[k], trace)
             score, div = sk, div_k
             if k:
-                score = implicit_score(sde, chain, stats, lambda z, tt: sk, k)(x, vt)
-                div = div_k - sum(chain.piece_dim(j) / lift_variance(sde, stats, j, t) for j in range(1, k + 1))
+                score = subspace.implicit_score(sde, lambda z, tt: sk, k)(x, vt)
+                div = div_k - sum(subspace.chain.piece_dim(j) / subspace.lift_variance(sde, j, t)
+                                  for j in range(1, k + 1))
             drift = sde.reverse_drift(x, vt, score, prob_flow=True)
             n = math.prod(x.shape[1:])
             return drift, n * sde.f(t) - 0.5 * sde.g2(t) * div
@@ -113,12 +113,12 @@ def ode_drift_and_div(sde: SDE, chain, stats, level_scores: Sequence[Callable], 
         x, _ = y
         if K == 0:
             return branches[0](x, t)
-        return jax.lax.switch(jnp.sum(t > cutoffs), branches, x, t)
+        return jax.lax.switch(subspace.level_of(t), branches, x, t)
 
     return f
 
 
-def log_likelihood(key, x, sde: SDE, level_scores: Sequence[Callable], chain=None, stats=None, cutoffs=(),
+def log_likelihood(key, x, sde: SDE, level_scores: Sequence[Callable], subspace: Optional[Subspace] = None,
                    trace: str = 'rademacher', eps: float = LIKELIHOOD_EPS, rtol: float = 1e-5, atol: float = 1e-5):
     """(log p(x) in model space (nats, (B,)), x_T (B, ...), solver NFE) by the probability-flow ODE from eps to T.
 
@@ -126,27 +126,23 @@ def log_likelihood(key, x, sde: SDE, level_scores: Sequence[Callable], chain=Non
     """
     if trace not in ('rademacher', 'gaussian', 'exact'):
         raise ValueError(f"trace must be 'rademacher', 'gaussian' or 'exact', got {trace!r}")
-    K = chain.num_levels if chain is not None else 0
-    cutoffs = check_cutoffs(cutoffs, K, sde.T)
-    if K:
-        stats.check(chain)
-    shapes = chain.shapes if chain is not None else (x.shape[1:],)
+    K = subspace.num_levels if subspace is not None else 0
+    shapes = subspace.chain.shapes if subspace is not None else (x.shape[1:],)
     keys = jax.random.split(key, K + 1)
     draw = {'rademacher': lambda k, s: jax.random.rademacher(k, s, x.dtype),
             'gaussian': lambda k, s: jax.random.normal(k, s, x.dtype),
             'exact': lambda k, s: None}[trace]
     probes = [draw(keys[k], (x.shape[0],) + tuple(shapes[k])) for k in range(K + 1)]
-    fn = ode_drift_and_div(sde, chain, stats, level_scores, cutoffs, probes, trace)
+    fn = ode_drift_and_div(sde, subspace, level_scores, probes, trace)
     (z, delta), n_evals = odeint(fn, (x, jnp.zeros(x.shape[0], x.dtype)), eps, sde.T, rtol, atol)
     return sde.prior_logp(z) + delta, z, n_evals
 
 
-def ode_sample(key, batch_size, sde: SDE, level_scores, shape, chain=None, stats=None, cutoffs=(), eps=None,
+def ode_sample(key, batch_size, sde: SDE, level_scores, shape, subspace: Optional[Subspace] = None, eps=None,
                rtol=1e-5, atol=1e-5):
     """Samples (B, *shape) by integrating the probability-flow ODE from the prior at T down to eps."""
-    K = chain.num_levels if chain is not None else 0
-    cutoffs = check_cutoffs(cutoffs, K, sde.T)
-    fn = ode_drift_and_div(sde, chain, stats, level_scores, cutoffs, [None] * (K + 1), 'none')
+    K = subspace.num_levels if subspace is not None else 0
+    fn = ode_drift_and_div(sde, subspace, level_scores, [None] * (K + 1), 'none')
     x = sde.prior_sample(key, (batch_size,) + tuple(shape))
     eps = sde.sampling_eps if eps is None else eps
     (x, _), n_evals = odeint(fn, (x, jnp.zeros(batch_size)), sde.T, eps, rtol, atol)

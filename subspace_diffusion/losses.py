@@ -2,7 +2,7 @@
 import jax
 import jax.numpy as jnp
 
-from subspace_diffusion.sde import SDE, _bcast
+from subspace_diffusion.sde import SDE, bcast
 
 
 def dsm_loss(score_fn, sde: SDE, x0, key, t_min: float, t_max: float = None, reduce: str = 'mean',
@@ -20,7 +20,7 @@ def dsm_loss(score_fn, sde: SDE, x0, key, t_min: float, t_max: float = None, red
     z = jax.random.normal(z_key, x0.shape, x0.dtype)
     sigma = sde.sigma(t)
     score = score_fn(sde.perturb(x0, t, z), t)
-    residual = _bcast(sigma, score) * score + z
+    residual = bcast(sigma, score) * score + z
     per_coord = jnp.square(residual).reshape(x0.shape[0], -1)
     per_example = jnp.mean(per_coord, axis=1) if reduce == 'mean' else jnp.sum(per_coord, axis=1)
     if likelihood_weighting:

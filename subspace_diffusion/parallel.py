@@ -59,6 +59,11 @@ def any_process(flag: bool) -> bool:
     return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
 
 
+def gather(x) -> np.ndarray:
+    """A global (possibly multi-host) array as one numpy array on every process."""
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True) if jax.process_count() > 1 else x)
+
+
 def is_main_process() -> bool:
     """Only process 0 writes logs, TensorBoard events and images."""
     return jax.process_index() == 0

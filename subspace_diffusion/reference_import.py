@@ -24,6 +24,7 @@ from subspace_diffusion import loading, pth
 from subspace_diffusion.checkpoints import ARCHIVE, Checkpoints
 from subspace_diffusion.experiment import Experiment
 from subspace_diffusion.models import convert
+from subspace_diffusion.settings import Settings
 from subspace_diffusion.train_state import TrainState, checkpoint_meta, make_optimizer
 
 WEIGHTS = ('ema', 'model')
@@ -148,17 +149,17 @@ def network_params(exp: Experiment, path, level: int, weights: str = 'ema') -> d
     return to_params(chosen, _check_level(state_dict, exp, level))
 
 
-def import_mode(config, workdir, source: str, level: int, weights: str = 'ema', dry_run: bool = False):
+def import_mode(settings: Settings, workdir, source: str, level: int, weights: str = 'ema', dry_run: bool = False):
     """Write the checkpoint at `source` as level `level` of `workdir` (or, dry run, print the mapping) -> step."""
     t0 = time.perf_counter()
     if level is None:
         raise ValueError('--mode=import needs --import_level: 0 for a full-space network, k for a level-k one')
     chosen, state_dict, ref_step, decay = read_reference(source, weights)
-    K = config.subspace.levels
+    K = settings.subspace.levels
     if not 0 <= level <= K:
         raise ValueError(f'--import_level={level} is not a level of the config\'s {K}-level chain: use 0..{K} '
                          f'(or set --config.subspace.levels)')
-    probe = Experiment(config, levels=tuple(range(K + 1)), shared=False)
+    probe = Experiment(settings, levels=tuple(range(K + 1)))
     layout = _check_level(state_dict, probe, level)
     _check_noise_scales(state_dict, probe)
     n_params = sum(math.prod(shape) for _, shape in layout.values())
@@ -174,28 +175,29 @@ def import_mode(config, workdir, source: str, level: int, weights: str = 'ema', 
         return None
     raw, ema = to_params(state_dict, layout), to_params(chosen, layout)
     del chosen, state_dict  # the reference-layout copies are not needed while writing
-    return _write(config, workdir, level, raw, ema, {'file': os.path.abspath(source), 'step': ref_step,
+    return _write(settings, workdir, level, raw, ema, {'file': os.path.abspath(source), 'step': ref_step,
                                                      'weights': weights})
 
 
-def _write(config, workdir, level, raw, ema, source) -> int:
+def _write(settings: Settings, workdir, level, raw, ema, source) -> int:
     """Add level `level` (raw weights as params, chosen weights as EMA) to the workdir's newest checkpoint."""
     ckpts = Checkpoints(workdir)
     try:
         latest = ckpts.latest_step()
-        params, ema_params, sources = {}, {}, {}
+        raws, emas, sources = {}, {}, {}
         if latest is not None:
-            old_exp, old, _ = loading.load_state(config, workdir, latest)
+            old_exp, old, _ = loading.load_state(settings, workdir, latest)
             if old_exp.shared:
-                raise IncompatibleCheckpoint(f'{workdir} holds one network shared by every level: import into a fresh '
-                                   f'--workdir')
-            params, ema_params = dict(old.params), dict(old.ema_params)
+                raise IncompatibleCheckpoint(f'{workdir} holds one network shared by every level: import into a '
+                                             f'fresh --workdir')
+            raws, emas = loading.by_level(old_exp, old.params), loading.by_level(old_exp, old.ema_params)
             sources = dict(ckpts.read_meta(latest).get('sources', {}))
-        name = f'level_{level}'
-        params[name], ema_params[name] = raw, ema
+        raws[level], emas[level] = raw, ema
         sources[str(level)] = source
-        exp = Experiment(config, levels=[int(n.split('_')[1]) for n in params], shared=False)
-        tx = make_optimizer(config, exp.param_keys)
+        exp = Experiment(settings, levels=sorted(raws))
+        params = {exp.param_key(k): v for k, v in raws.items()}
+        ema_params = {exp.param_key(k): v for k, v in emas.items()}
+        tx = make_optimizer(settings.optim, exp.param_keys)
         step = source['step'] if latest is None else max(source['step'], latest + 1)
         state = TrainState(step=np.asarray(step, np.int32), params=params, ema_params=ema_params,
                            opt_state=tx.init(params))

@@ -2,7 +2,8 @@
 
 `pc_sample` is a pure function of a key: one `lax.scan` per stage, stages chained while tracing,
 so `jax.jit(pc_sample)` (see `make_sampler`) compiles the whole multi-level sampler once per shape.
-Score functions are plain callables `score(x_level, t)` with x_level (B, *chain.shapes[k]), t (B,).
+Score functions are plain callables `score(x_level, t)` with x_level (B, *chain.shapes[k]), t (B,);
+the subspace (chain, statistics, cutoffs) is a `subspaces.Subspace`, None for the full-space sampler.
 """
 import dataclasses
 import functools
@@ -12,8 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from subspace_diffusion.sde import SDE, _bcast
-from subspace_diffusion.subspaces import Chain, PieceStats
+from subspace_diffusion.sde import SDE
+from subspace_diffusion.subspaces import Subspace
 
 PREDICTORS = ('reverse_diffusion', 'euler_maruyama', 'ancestral', 'none')
 CORRECTORS = ('langevin', 'none')
@@ -36,59 +37,18 @@ class SamplerConfig:
 
     def __post_init__(self):
         if self.predictor not in PREDICTORS:
-            raise ValueError(f'sampling.predictor must be one of {PREDICTORS}, got {self.predictor!r}')
+            raise ValueError(f'config.sampling.predictor: must be one of {PREDICTORS}, got {self.predictor!r}')
         if self.corrector not in CORRECTORS:
-            raise ValueError(f'sampling.corrector must be one of {CORRECTORS}, got {self.corrector!r}')
+            raise ValueError(f'config.sampling.corrector: must be one of {CORRECTORS}, got {self.corrector!r}')
         if self.num_steps < 2:
-            raise ValueError(f'sampling.num_steps must be >= 2, got {self.num_steps}')
-
-    @classmethod
-    def from_config(cls, sampling, **overrides) -> 'SamplerConfig':
-        """From a config's `sampling` section (score-SDE field names)."""
-        fields = dict(num_steps=sampling.num_steps, predictor=sampling.predictor, corrector=sampling.corrector,
-                      snr=sampling.snr, n_corrector_steps=sampling.n_steps_each,
-                      cond_langevin_steps=sampling.cond_langevin_steps,
-                      cond_snr=sampling.cond_snr, denoise=sampling.noise_removal, eps=sampling.eps or None,
-                      scale_langevin=sampling.scale_langevin)
-        fields.update(overrides)
-        return cls(**fields)
-
-
-def check_cutoffs(cutoffs: Sequence[float], num_levels: int, T: float = 1.0):
-    """Validate cutoff times t_1 < ... < t_K inside (0, T), one per level."""
-    cutoffs = [float(c) for c in cutoffs]
-    if len(cutoffs) != num_levels:
-        raise ValueError(f'subspace.cutoffs has {len(cutoffs)} value(s) but the chain has {num_levels} level(s): '
-                         f'give one cutoff time per level')
-    if any(not 0 < c < T for c in cutoffs):
-        raise ValueError(f'subspace.cutoffs {cutoffs} must lie strictly inside (0, {T})')
-    if any(b <= a for a, b in zip(cutoffs, cutoffs[1:])):
-        raise ValueError(f'subspace.cutoffs {cutoffs} must be strictly increasing (t_1 < t_2 < ... < t_K)')
-    return cutoffs
-
-
-def level_of(t, cutoffs):
-    """Active level k of time t: t in (t_k, t_{k+1}] (works on Python floats and traced scalars)."""
-    return sum((t > c) * 1 for c in cutoffs)
-
-
-def lift_variance(sde: SDE, stats: PieceStats, k: int, t):
-    """v_k(t) = alpha(t)^2 sigma_perp_k^2 + sigma(t)^2."""
-    return sde.alpha(t) ** 2 * float(stats.sigma_perp[k - 1]) ** 2 + sde.sigma(t) ** 2
-
-
-def implicit_score(sde: SDE, chain: Chain, stats: PieceStats, level_score: Callable, k: int):
-    """Full-space score s(x, t) for t in (t_k, t_{k+1}] from the level-k score (SPEC section 3)."""
-
-    def score(x, t):
-        s = chain.up(level_score(chain.down(x, k), t), k)
-        alpha = sde.alpha(t)
-        for j in range(1, k + 1):
-            resid = chain.piece(x, j) - _bcast(alpha, x) * stats.mu_full(chain, j)[None]
-            s = s - resid / _bcast(lift_variance(sde, stats, j, t), x)
-        return s
-
-    return score
+            raise ValueError(f'config.sampling.num_steps: must be >= 2, got {self.num_steps}')
+        for name in ('snr', 'cond_snr'):
+            if getattr(self, name) <= 0:
+                raise ValueError(f'config.sampling.{name}: must be > 0, got {getattr(self, name)}')
+        if self.n_corrector_steps < 1 or self.cond_langevin_steps < 0:
+            raise ValueError('config.sampling.n_steps_each must be >= 1 and sampling.cond_langevin_steps >= 0')
+        if self.eps is not None and not 0 < self.eps < 1:
+            raise ValueError(f'config.sampling.eps: must lie in (0, 1), got {self.eps}')
 
 
 def predictor_step(name, sde, score_fn, x, t, s, key):
@@ -132,10 +92,10 @@ def langevin_step(score_fn, x, t, key, snr, n_steps, a, project=None):
     return x
 
 
-def split_grid(num_steps: int, eps: float, T: float, cutoffs):
+def split_grid(num_steps: int, eps: float, T: float, cutoffs=()):
     """Global grid T = tau_0 > ... > tau_{N-1} = eps and, per level, its grid indices [start, stop)."""
     grid = np.linspace(T, eps, num_steps)
-    levels = np.array([level_of(t, cutoffs) for t in grid])
+    levels = (grid[:, None] > np.asarray(cutoffs, np.float64).reshape(1, -1)).sum(axis=1)
     spans = {}
     for k in range(len(cutoffs) + 1):
         idx = np.nonzero(levels == k)[0]
@@ -146,10 +106,15 @@ def split_grid(num_steps: int, eps: float, T: float, cutoffs):
     return grid, spans
 
 
-def effective_nfe(cfg: SamplerConfig, chain: Optional[Chain], spans) -> float:
+def sampling_eps(sde: SDE, cfg: SamplerConfig) -> float:
+    """The last grid time: sampling.eps, or the SDE's default when it is not set."""
+    return sde.sampling_eps if cfg.eps is None else cfg.eps
+
+
+def effective_nfe(cfg: SamplerConfig, subspace: Optional[Subspace], spans) -> float:
     """Sum over network calls of n_level / d (SPEC section 3)."""
-    d = chain.dim(0) if chain else 1
-    dim = (lambda k: chain.dim(k) / d) if chain else (lambda k: 1.0)
+    chain = subspace.chain if subspace is not None else None
+    dim = (lambda k: chain.dim(k) / chain.dim(0)) if chain is not None else (lambda k: 1.0)
     per_point = (cfg.predictor != 'none') + (cfg.corrector != 'none') * cfg.n_corrector_steps
     nfe = sum((stop - start) * per_point * dim(k) for k, (start, stop) in spans.items())
     nfe -= (cfg.predictor != 'none') * dim(0)  # no predictor step after the last grid point
@@ -158,26 +123,20 @@ def effective_nfe(cfg: SamplerConfig, chain: Optional[Chain], spans) -> float:
 
 
 def pc_sample(key, batch_size: int, sde: SDE, score_fns: Sequence[Callable], cfg: SamplerConfig,
-              chain: Optional[Chain] = None, stats: Optional[PieceStats] = None, cutoffs=(),
-              shape=None, sharding=None, dtype=jnp.float32, impose: Optional[Callable] = None):
+              subspace: Optional[Subspace] = None, shape=None, sharding=None, dtype=jnp.float32,
+              impose: Optional[Callable] = None):
     """Multi-level PC sampler -> (samples (B, *shapes[0]) in model space, effective NFE).
 
-    score_fns[k] is the level-k score; with no chain (or cutoffs=()) it is the full-space PC sampler.
+    score_fns[k] is the level-k score; with no subspace it is the full-space PC sampler of `shape`.
     `impose(key, x, k, t)`, if given, maps the level-k state at time t after every move (the prior draw,
     each corrector and predictor step, each lift), e.g. to keep a known part (conditional.py).
     """
     impose = impose or (lambda key, x, k, t: x)
-    K = chain.num_levels if chain is not None else 0
-    cutoffs = check_cutoffs(cutoffs, K, sde.T)
+    K = subspace.num_levels if subspace is not None else 0
     if len(score_fns) != K + 1:
         raise ValueError(f'need one score function per level (K + 1 = {K + 1}), got {len(score_fns)}')
-    if K and stats is None:
-        raise ValueError('a subspace sampler needs the piece statistics (subspace.stats_path)')
-    if K:
-        stats.check(chain)
-    shapes = chain.shapes if chain is not None else (tuple(shape),)
-    eps = sde.sampling_eps if cfg.eps is None else cfg.eps
-    grid, spans = split_grid(cfg.num_steps, eps, sde.T, cutoffs)
+    shapes = subspace.chain.shapes if subspace is not None else (tuple(shape),)
+    grid, spans = split_grid(cfg.num_steps, sampling_eps(sde, cfg), sde.T, subspace.cutoffs if K else ())
     n = cfg.num_steps
 
     def constrain(x):
@@ -218,11 +177,10 @@ def pc_sample(key, batch_size: int, sde: SDE, score_fns: Sequence[Callable], cfg
         t = float(grid[stop])
         key, kl, kc, ki, kj = jax.random.split(key, 5)
         noise = jax.random.normal(kl, (batch_size,) + tuple(shapes[k - 1]), dtype)
-        inject = sde.alpha(t) * jnp.asarray(stats.mu[k - 1])[None] + jnp.sqrt(lift_variance(sde, stats, k, t)) * noise
-        x = constrain(impose(ki, chain.up1(x, k) + chain.new_dirs(inject, k), k - 1, t))
+        x = constrain(impose(ki, subspace.lift(sde, x, k, t, noise), k - 1, t))
         if cfg.cond_langevin_steps:
             x = langevin_step(score_fns[k - 1], x, t, kc, cfg.cond_snr, cfg.cond_langevin_steps, langevin_a[stop],
-                              project=functools.partial(chain.new_dirs, k=k))
+                              project=functools.partial(subspace.chain.new_dirs, k=k))
             x = impose(kj, x, k - 1, t)
     t = float(grid[-1])
     key, kc, ki = jax.random.split(key, 3)
@@ -232,10 +190,10 @@ def pc_sample(key, batch_size: int, sde: SDE, score_fns: Sequence[Callable], cfg
         # Tweedie: E[x0 | x_eps] = (x + sigma^2 s) / alpha with the full-space model.
         vt = jnp.full((batch_size,), t)
         x = (x + sde.sigma(t) ** 2 * score_fns[0](x, vt)) / sde.alpha(t)
-    return constrain(x), effective_nfe(cfg, chain, spans)
+    return constrain(x), effective_nfe(cfg, subspace, spans)
 
 
-def make_sampler(sde: SDE, cfg: SamplerConfig, build_scores: Callable, chain=None, stats=None, cutoffs=(),
+def make_sampler(sde: SDE, cfg: SamplerConfig, build_scores: Callable, subspace: Optional[Subspace] = None,
                  shape=None, sharding=None):
     """(jitted `sample(params, key, batch_size) -> x`, effective NFE); `build_scores(params)` -> score_fns.
 
@@ -243,9 +201,7 @@ def make_sampler(sde: SDE, cfg: SamplerConfig, build_scores: Callable, chain=Non
     """
 
     def sample(params, key, batch_size):
-        return pc_sample(key, batch_size, sde, build_scores(params), cfg, chain, stats, cutoffs, shape, sharding)[0]
+        return pc_sample(key, batch_size, sde, build_scores(params), cfg, subspace, shape, sharding)[0]
 
-    K = chain.num_levels if chain is not None else 0
-    eps = sde.sampling_eps if cfg.eps is None else cfg.eps
-    _, spans = split_grid(cfg.num_steps, eps, sde.T, check_cutoffs(cutoffs, K, sde.T))
-    return jax.jit(sample, static_argnums=2), effective_nfe(cfg, chain, spans)
+    _, spans = split_grid(cfg.num_steps, sampling_eps(sde, cfg), sde.T, subspace.cutoffs if subspace else ())
+    return jax.jit(sample, static_argnums=2), effective_nfe(cfg, subspace, spans)

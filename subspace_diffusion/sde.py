@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 
-def _bcast(c, x):
+def bcast(c, x):
     """Reshape a per-example coefficient c (B,) or scalar so it broadcasts against x (B, ...)."""
     c = jnp.asarray(c, x.dtype)
     return c.reshape(c.shape + (1,) * (x.ndim - c.ndim))
@@ -93,7 +93,7 @@ class SDE:
 
     def perturb(self, x0, t, z):
         """x_t = alpha(t) x0 + sigma(t) z for x0, z (B, ...), t (B,)."""
-        return _bcast(self.alpha(t), x0) * x0 + _bcast(self.sigma(t), x0) * z
+        return bcast(self.alpha(t), x0) * x0 + bcast(self.sigma(t), x0) * z
 
     def prior_sample(self, key, shape, dtype=jnp.float32):
         """Sample the prior at T, shape (B, ...)."""
@@ -109,11 +109,5 @@ class SDE:
     def reverse_drift(self, x, t, score, prob_flow=False):
         """Reverse-time drift f x - c g^2 s (c = 1 for the SDE, 1/2 for the ODE), x (B, ...), t (B,)."""
         c = 0.5 if prob_flow else 1.0
-        return _bcast(self.f(t), x) * x - c * _bcast(self.g2(t), x) * score
+        return bcast(self.f(t), x) * x - c * bcast(self.g2(t), x) * score
 
-
-def make_sde(config) -> SDE:
-    """Build an SDE from a config section with fields kind, sigma_min/max, beta_min/max."""
-    return SDE(kind=config.kind, sigma_min=config.get('sigma_min', 0.01),
-               sigma_max=config.get('sigma_max', 50.0), beta_min=config.get('beta_min', 0.1),
-               beta_max=config.get('beta_max', 20.0))

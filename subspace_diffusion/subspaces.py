@@ -6,13 +6,21 @@ allows it (pooling, patch-PCA), so a level-k network is an ordinary image networ
 
 Conventions: `x` arrays carry a leading batch axis; `shapes[k]` is the per-example shape of level k.
 `down1(x, k)` applies U_{k|k-1}^T (level k-1 -> k), `up1(y, k)` applies U_{k|k-1} (k -> k-1).
+
+`Subspace` is a chain with its piece statistics and cutoff times, checked together once: the value the
+sampler, the likelihood, the conditional sampler and the cutoff analysis take (None: full space).
 """
 import dataclasses
+import hashlib
 import json
 import math
+from typing import Callable, Sequence
 
 import jax.numpy as jnp
 import numpy as np
+
+from subspace_diffusion.files import atomic_npz
+from subspace_diffusion.sde import bcast
 
 
 class Chain:
@@ -249,18 +257,14 @@ class PieceStats:
         """Raise a clear error when these statistics were measured for another chain."""
         if self.signature != chain.signature():
             raise ValueError(f'subspace statistics are for chain {self.signature}, but the run uses '
-                             f'{chain.signature()}. Recompute them with `main.py --mode=subspace_stats` '
-                             f'for this config, or point subspace.stats_path at the matching file.')
-
-    def mu_full(self, chain: Chain, j: int):
-        """mu_j embedded in full space, shape shapes[0]."""
-        return chain.up(jnp.asarray(self.mu[j - 1])[None], j - 1)[0]
+                             f'{chain.signature()}: measure this chain\'s with `main.py --mode=subspace_stats` (kept '
+                             f'beside the others, one file per chain), or point subspace.stats_path at them')
 
     def save(self, path):
-        """Write to .npz (plain arrays plus a JSON signature)."""
+        """Write to .npz (plain arrays plus a JSON signature), whole or not at all."""
         arrays = {f'mu_{j + 1}': np.asarray(m) for j, m in enumerate(self.mu)}
-        np.savez(path, sigma_perp=self.sigma_perp, rms_distance=self.rms_distance,
-                 signature=np.array(json.dumps(self.signature)), **arrays)
+        atomic_npz(path, sigma_perp=self.sigma_perp, rms_distance=self.rms_distance,
+                   signature=np.array(json.dumps(self.signature)), **arrays)
 
     @classmethod
     def load(cls, path, chain: Chain = None):
@@ -299,3 +303,97 @@ def compute_stats(chain: Chain, batches) -> PieceStats:
     rms = np.sqrt(np.cumsum(second) / np.cumsum(dims))
     return PieceStats(mu=[m.astype(np.float32) for m in mu], sigma_perp=np.sqrt(np.maximum(var, 0)),
                       rms_distance=rms, signature=chain.signature())
+
+
+def check_cutoffs(cutoffs: Sequence[float], num_levels: int, T: float = 1.0) -> tuple:
+    """Validated cutoff times t_1 < ... < t_K strictly inside (0, T), one per level."""
+    cutoffs = tuple(float(c) for c in cutoffs)
+    if len(cutoffs) != num_levels:
+        raise ValueError(f'subspace.cutoffs has {len(cutoffs)} value(s) but the chain has {num_levels} level(s): '
+                         f'give one cutoff time per level')
+    if any(not 0 < c < T for c in cutoffs):
+        raise ValueError(f'subspace.cutoffs {list(cutoffs)} must lie strictly inside (0, {T})')
+    if any(b <= a for a, b in zip(cutoffs, cutoffs[1:])):
+        raise ValueError(f'subspace.cutoffs {list(cutoffs)} must be strictly increasing (t_1 < t_2 < ... < t_K)')
+    return cutoffs
+
+
+def signature_id(signature: dict) -> str:
+    """Short stable name of a chain signature (for files kept per chain)."""
+    return hashlib.sha1(json.dumps(signature, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def describe_chain(chain: Chain) -> str:
+    """'2-level pooling chain 16x16x1 -> 8x8x1 -> 4x4x1': how every mode names a chain."""
+    shapes = ' -> '.join('x'.join(map(str, s)) for s in chain.shapes)
+    return f'{chain.num_levels}-level {chain.kind} chain {shapes}'
+
+
+def describe_subspace(chain: Chain, cutoffs) -> str:
+    """'1-level pooling chain 16x16x1 -> 8x8x1, cutoffs [0.5]'."""
+    return f'{describe_chain(chain)}, cutoffs {list(cutoffs)}'
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Subspace:
+    """Chain, piece statistics and cutoffs of subspace diffusion (SPEC sections 2 and 3), checked once."""
+
+    chain: Chain
+    stats: PieceStats
+    cutoffs: tuple
+
+    def __post_init__(self):
+        self.stats.check(self.chain)
+        object.__setattr__(self, 'cutoffs', check_cutoffs(self.cutoffs, self.chain.num_levels))
+
+    @property
+    def num_levels(self) -> int:
+        """K."""
+        return self.chain.num_levels
+
+    def describe(self) -> str:
+        """The chain and its cutoffs in words, the same in every mode."""
+        return describe_subspace(self.chain, self.cutoffs)
+
+    def level_of(self, t):
+        """Active level k of time t: t in (t_k, t_{k+1}] (Python floats, or traced scalars -> int32)."""
+        return sum((t > c) * 1 for c in self.cutoffs)
+
+    def mu_full(self, j: int):
+        """mu_j embedded in full space, shape shapes[0]."""
+        return self.chain.up(jnp.asarray(self.stats.mu[j - 1])[None], j - 1)[0]
+
+    def lift_variance(self, sde, j: int, t):
+        """v_j(t) = alpha(t)^2 sigma_perp_j^2 + sigma(t)^2 (SPEC section 3)."""
+        return sde.alpha(t) ** 2 * float(self.stats.sigma_perp[j - 1]) ** 2 + sde.sigma(t) ** 2
+
+    def implicit_score(self, sde, level_score: Callable, k: int) -> Callable:
+        """Full-space score s(x, t) on (t_k, t_{k+1}] from the level-k score (SPEC section 3); x (B, *shapes[0])."""
+        chain = self.chain
+
+        def score(x, t):
+            s = chain.up(level_score(chain.down(x, k), t), k)
+            alpha = sde.alpha(t)
+            for j in range(1, k + 1):
+                resid = chain.piece(x, j) - bcast(alpha, x) * self.mu_full(j)[None]
+                s = s - resid / bcast(self.lift_variance(sde, j, t), x)
+            return s
+
+        return score
+
+    def lift(self, sde, x, k: int, t, noise):
+        """Level-k state x at time t -> level k-1: U_{k|k-1} x + new directions of (alpha mu_k + sqrt(v_k) noise).
+
+        noise (B, *shapes[k-1]) is standard normal; the result is exact for the SPEC section 5 case.
+        """
+        inject = sde.alpha(t) * jnp.asarray(self.stats.mu[k - 1])[None] + jnp.sqrt(
+            self.lift_variance(sde, k, t)) * noise
+        return self.chain.up1(x, k) + self.chain.new_dirs(inject, k)
+
+    def complement(self, k: int):
+        """(mu (shapes[0]), sigma_perp^2, dim Q) of the whole complement of V_k, from the per-piece statistics."""
+        dims = np.array([self.chain.piece_dim(j) for j in range(1, k + 1)])
+        mu = sum(self.mu_full(j) for j in range(1, k + 1))
+        var = float(np.sum(dims * np.asarray(self.stats.sigma_perp[:k]) ** 2) / dims.sum())
+        return mu, var, int(dims.sum())
+

@@ -5,6 +5,7 @@ sharded over the mesh; parameters are replicated and XLA averages gradients acro
 Randomness is `fold_in(seed key, step)` and the data stream is a function of the step, so a run
 resumed from a checkpoint repeats exactly what the uninterrupted run would have done.
 """
+import contextlib
 import math
 import os
 import signal
@@ -15,21 +16,21 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import logging
-from jax.experimental import multihost_utils
 
 from subspace_diffusion import data, parallel
-from subspace_diffusion.checkpoints import ARCHIVE, PREEMPT, Checkpoints
+from subspace_diffusion.checkpoints import ARCHIVE, PREEMPT, Checkpoints, SaveFailed
 from subspace_diffusion.experiment import Experiment
 from subspace_diffusion.images import save_image_grid
 from subspace_diffusion.progress import fmt_duration
+from subspace_diffusion.settings import Settings, Training
 from subspace_diffusion.train_state import abstract_state, checkpoint_meta, init_state, learning_rate, make_optimizer
 
 
 def make_train_step(exp: Experiment, tx, mesh, seed: int, batch_steps: int = 1):
     """Jitted (state, batch (batch_steps, B, H, W, C)) -> (state, metrics with a leading batch_steps axis)."""
     base_key = jax.random.fold_in(jax.random.PRNGKey(seed), 1)
-    schedule = learning_rate(exp.config)
-    rate = exp.config.model.ema_rate
+    schedule = learning_rate(exp.settings.optim)
+    rate = exp.settings.training.ema_rate
 
     def one_step(state, images):
         key = jax.random.fold_in(base_key, state.step)
@@ -38,7 +39,7 @@ def make_train_step(exp: Experiment, tx, mesh, seed: int, batch_steps: int = 1):
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ema = jax.tree.map(lambda e, p: rate * e + (1 - rate) * p, state.ema_params, params)
-        metrics = {'loss': loss, 'grad_norm': optax.global_norm(grads), 'param_norm': optax.global_norm(params),
+        metrics = {'loss': loss, 'grad_norm': optax.tree.norm(grads), 'param_norm': optax.tree.norm(params),
                    'lr': schedule(state.step),
                    **{f'loss_level_{k}': v for k, v in per_level.items()}}
         return state.replace(step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state), metrics
@@ -62,67 +63,81 @@ def make_train_step(exp: Experiment, tx, mesh, seed: int, batch_steps: int = 1):
                    out_shardings=(repl, repl), donate_argnums=0)
 
 
-def _check_config(config):
-    tr = config.training
-    n = tr.n_jitted_steps
-    if n < 1:
-        raise ValueError(f'training.n_jitted_steps={n} must be >= 1')
-    for name in ('log_freq', 'snapshot_freq', 'snapshot_freq_for_preemption'):
-        if tr[name] % n:
-            raise ValueError(f'training.{name}={tr[name]} is not a multiple of training.n_jitted_steps={n}: '
-                             f'checkpoints and logs happen between compiled calls')
-
 
 class _Stop:
-    """Records SIGTERM so the loop can save once more and exit between compiled calls."""
+    """Records SIGTERM and SIGINT (Ctrl-C) so the loop can save once more and exit between compiled calls."""
+
+    SIGNALS = {signal.SIGTERM: ('SIGTERM', 143), signal.SIGINT: ('SIGINT', 130)}
 
     def __init__(self):
-        self.requested = False
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        self.received = None
+        self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
 
     def _handle(self, signum, frame):
-        del signum, frame
-        self.requested = True
+        del frame
+        self.received = signum
 
     def restore(self):
-        signal.signal(signal.SIGTERM, self._previous)
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
 
 
-def _gather(x):
-    """A global (possibly multi-host) array as one numpy array on every process."""
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True) if jax.process_count() > 1 else x)
+def _save(ckpts: Checkpoints, step, state, meta, kind):
+    """Start a save; a failed write (disk full, read-only) becomes one error, the previous checkpoint kept."""
+    try:
+        ckpts.save(step, state, meta, kind)
+    except OSError as e:
+        raise SaveFailed(f'saving the checkpoint of step {step} failed ({e.strerror or e}): {_last_good(ckpts)}; '
+                         f'free space or fix {ckpts.root}, then rerun to resume') from None
 
 
-def train(config, workdir):
-    """Train the levels named by subspace.train_level; resumes from <workdir>/checkpoints if present."""
-    tr = config.training
-    _check_config(config)
+def _last_good(ckpts: Checkpoints) -> str:
+    step = ckpts.latest_step()
+    return 'no checkpoint yet' if step is None else f'the last good checkpoint (step {step}) is intact'
+
+
+def train(settings: Settings, workdir):
+    """Train the levels of subspace.train_level; resumes from <workdir>/checkpoints if present -> final state."""
+    tr = settings.training
     mesh = parallel.make_mesh()
     parallel.check_batch_size(tr.batch_size, mesh)
-    exp = Experiment(config)  # chain / level / cutoff errors surface here, before anything compiles
+    exp = Experiment(settings, settings.subspace.train_levels(), settings.subspace.shared_params)
     main_process = parallel.is_main_process()
-    ckpts = Checkpoints(workdir, keep_archive=tr.get('keep_checkpoints', 100))
+    ckpts = Checkpoints(workdir, keep_archive=tr.keep_checkpoints)
+    try:
+        state = _train(settings, exp, mesh, ckpts, workdir, main_process)
+    except SaveFailed:
+        raise  # the managers are mid-write and would fail again on close; the caller exits
+    except BaseException:
+        ckpts.close()
+        raise
+    ckpts.close()
+    return state
+
+
+def _train(settings, exp, mesh, ckpts, workdir, main_process):
+    tr = settings.training
     start = ckpts.latest_step() or 0
-    ds = data.get_dataset(config, 'train', tr.batch_size, process_index=jax.process_index(),
-                          process_count=jax.process_count(), seed=config.seed, start_step=start)
+    ds = data.get_dataset(settings.data, 'train', tr.batch_size, process_index=jax.process_index(),
+                          process_count=jax.process_count(), seed=settings.seed, start_step=start)
     n_jit = tr.n_jitted_steps
     first = np.stack([next(ds)['image'] for _ in range(n_jit)])
 
-    tx = make_optimizer(config, exp.param_keys)
+    tx = make_optimizer(settings.optim, exp.param_keys)
     meta = checkpoint_meta(exp)
     if start:
         state, _ = ckpts.restore(abstract_state(exp, tx, mesh), meta)
         logging.info('resuming from the checkpoint at step %d', start)
     else:
-        init_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 0)
+        init_key = jax.random.fold_in(jax.random.PRNGKey(settings.seed), 0)
         state = jax.jit(lambda k: init_state(exp, tx, k), out_shardings=parallel.replicated(mesh))(init_key)
     n_params = {k: sum(x.size for x in jax.tree.leaves(v)) for k, v in state.params.items()}
-    logging.info('training levels %s of %s (%s), global batch %d on %d device(s) / %d process(es)',
-                 exp.levels, exp.chain.signature() if exp.chain else 'full space',
+    logging.info('training levels %s of the %s (%s), global batch %d on %d device(s) / %d process(es)',
+                 list(exp.levels), exp.describe() if exp.levels != (0,) else 'full space',
                  ', '.join(f'{k}: {n:,} params' for k, n in n_params.items()), tr.batch_size,
                  mesh.devices.size, jax.process_count())
 
-    step_fn = make_train_step(exp, tx, mesh, config.seed, n_jit)
+    step_fn = make_train_step(exp, tx, mesh, settings.seed, n_jit)
     # Built (statistics measured) before the first step: a problem shows at once, and no dataset pass
     # runs beside an asynchronous checkpoint save.
     sample_fn = _snapshot_sampler(exp, workdir, mesh) if tr.snapshot_sampling else None
@@ -131,10 +146,13 @@ def train(config, workdir):
         from tensorboardX import SummaryWriter  # only the logging process needs it
         writer = SummaryWriter(os.path.join(workdir, 'tensorboard'))
     stop = _Stop()
-    step = start
+    step, grids = start, 0
     window = {'t': None, 'step': step, 'metrics': []}
     try:
         batch = first
+        if step < tr.n_iters:
+            logging.info('compiling the training step (%d optimiser step(s) per call) ...', n_jit)
+        compile_start = time.perf_counter()
         while step < tr.n_iters:
             state, metrics = step_fn(state, parallel.global_batch(batch, mesh, leading_axes=1))
             step += n_jit
@@ -148,36 +166,66 @@ def train(config, workdir):
                 ckpts.wait()
                 raise FloatingPointError(
                     f'non-finite loss or gradient at step {step - n_jit + int(np.argmax(bad)) + 1}: training '
-                    f'stopped. The last good checkpoint (step {ckpts.latest_step()}) is intact; lower optim.lr, '
-                    f'keep optim.grad_clip > 0 or check the data, then rerun the same command to resume.')
+                    f'stopped, {_last_good(ckpts)}; lower optim.lr, keep optim.grad_clip > 0 or check the data, '
+                    f'then rerun the same command to resume.')
             window['metrics'].append(metrics)
             if window['t'] is None:  # the first call includes compilation: time from its end
+                logging.info('first call (compilation included) took %s', fmt_duration(time.perf_counter() -
+                                                                                       compile_start))
                 window.update(t=time.perf_counter(), step=step, metrics=[])
             elif step % tr.log_freq == 0 or step >= tr.n_iters:
                 window = _log(window, step, tr, writer, main_process)
 
             last = step >= tr.n_iters
-            stopping = parallel.any_process(stop.requested)
+            stopping = parallel.any_process(stop.received is not None)
             archive = step % tr.snapshot_freq == 0 or last
             # An archived step is also the newest resume point, so the preemption slot can skip it.
             if archive or stopping or step % tr.snapshot_freq_for_preemption == 0:
-                ckpts.save(step, state, meta, ARCHIVE if archive else PREEMPT)
+                _save(ckpts, step, state, meta, ARCHIVE if archive else PREEMPT)
             if archive and sample_fn is not None:
-                _write_samples(sample_fn, state, step, config, workdir, writer, main_process)
+                sampled_at = time.perf_counter()
+                _write_samples(sample_fn, exp, state, step, workdir, writer, main_process, first=not grids)
+                grids += 1
+                if window['t'] is not None:  # training speed leaves the snapshot's sampling out
+                    window['t'] += time.perf_counter() - sampled_at
             if stopping:
-                ckpts.wait()
-                logging.info('SIGTERM: saved step %d to %s; rerun the same command to resume', step, ckpts.root)
-                raise SystemExit(143)
+                _wait(ckpts, step)
+                name, code = _Stop.SIGNALS.get(stop.received, ('signal', 143))
+                logging.info('%s: saved step %d to %s; rerun the same command to resume', name, step, ckpts.root)
+                raise SystemExit(code)
+        _wait(ckpts, step)
+    except BaseException:
+        if writer is not None:
+            with contextlib.suppress(OSError):  # a full disk fails the event file too; the first error tells
+                writer.close()
+        raise
     finally:
         stop.restore()
-        ckpts.close()
-        if writer is not None:
-            writer.close()
+    if writer is not None:
+        writer.close()
     logging.info('done: step %d, checkpoints in %s', step, ckpts.root)
     return state
 
 
-def _log(window, step, tr, writer, main_process):
+def _wait(ckpts: Checkpoints, step):
+    """Finish pending saves; a failed asynchronous write becomes one error, the previous checkpoint kept."""
+    try:
+        ckpts.wait()
+    except (OSError, ValueError) as e:
+        raise SaveFailed(f'saving the checkpoint of step {step} failed ({_first_line(e)}): {_last_good(ckpts)}; '
+                         f'free space or fix {ckpts.root}, then rerun to resume') from None
+
+
+def _first_line(error) -> str:
+    """The gist of a (possibly long, multi-line) storage error: 'No space left on device' when that is it."""
+    text = str(error)
+    for gist in ('No space left on device', 'Read-only file system', 'Permission denied'):
+        if gist in text:
+            return gist
+    return text.splitlines()[0][:200] if text else type(error).__name__
+
+
+def _log(window, step, tr: Training, writer, main_process):
     """Progress line and TensorBoard scalars over the steps since the last log; returns a fresh window."""
     elapsed = time.perf_counter() - window['t']
     steps = step - window['step']
@@ -201,18 +249,21 @@ def _snapshot_sampler(exp: Experiment, workdir, mesh):
     """The compiled sampler for snapshot grids: the subspace chain when every level is trained."""
     stats = exp.load_stats(workdir, write=parallel.is_main_process()) if len(exp.levels) > 1 else None
     sample, nfe = exp.sampler(stats, sharding=parallel.batch_sharding(mesh))
-    logging.info('snapshot sampler: effective NFE %.1f per sample', nfe)
+    logging.info('snapshot sampler: %s, effective NFE %.1f per sample', exp.describe(), nfe)
     return sample
 
 
-def _write_samples(sample_fn, state, step, config, workdir, writer, main_process):
+def _write_samples(sample_fn, exp: Experiment, state, step, workdir, writer, main_process, first: bool):
     """Sample with the EMA parameters and write <workdir>/samples/step_<step>.png (+ TensorBoard image)."""
+    settings = exp.settings
     n_dev = jax.device_count()
-    n = max(n_dev, math.ceil(config.training.get('snapshot_samples', 64) / n_dev) * n_dev)
-    key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(config.seed), 2), step)
+    n = max(n_dev, math.ceil(settings.training.snapshot_samples / n_dev) * n_dev)
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(settings.seed), 2), step)
+    logging.info('sampling %d images for the snapshot grid of step %d%s ...', n, step,
+                 ' (compiling the sampler first)' if first else '')
     t0 = time.perf_counter()
-    x = _gather(sample_fn(state.ema_params, key, n))
-    images = np.clip(data.get_inverse_scaler(config.data.centered)(x), 0., 1.)
+    x = parallel.gather(sample_fn(state.ema_params, key, n))
+    images = np.clip(data.get_inverse_scaler(settings.data.centered)(x), 0., 1.)
     if main_process:
         path = os.path.join(workdir, 'samples', f'step_{step:07d}.png')
         grid = save_image_grid(images, path)

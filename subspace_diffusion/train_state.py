@@ -3,6 +3,8 @@
 Shared by training (which writes and resumes it), loading (which reads its EMA parameters) and the
 import of reference checkpoints (which writes one), so the three agree on one format.
 """
+import dataclasses
+
 import flax
 import jax
 import jax.numpy as jnp
@@ -10,6 +12,7 @@ import optax
 
 from subspace_diffusion import parallel
 from subspace_diffusion.experiment import Experiment
+from subspace_diffusion.settings import Optim
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -21,28 +24,30 @@ class TrainState(flax.struct.PyTreeNode):
     opt_state: optax.OptState
 
 
-def learning_rate(config):
+def learning_rate(optim: Optim):
     """Schedule step -> lr: linear warmup over optim.warmup steps to optim.lr, then constant (score-SDE)."""
-    lr, warmup = config.optim.lr, config.optim.warmup
+    lr, warmup = optim.lr, optim.warmup
     if warmup <= 0:
         return lambda step: jnp.asarray(lr, jnp.float32)
     return lambda step: lr * jnp.minimum((step + 1) / warmup, 1.0)
 
 
-def make_optimizer(config, param_keys) -> optax.GradientTransformation:
-    """Global-norm clipping then Adam(W), applied to each parameter set independently.
+def make_optimizer(optim: Optim, param_keys) -> optax.GradientTransformation:
+    """Global-norm clipping then Adam or AdamW, applied to each parameter set independently.
 
-    Clipping per set keeps a multi-level run identical to training each level on its own.
+    Clipping per set keeps a multi-level run identical to training each level on its own. 'Adam' takes
+    weight decay as torch's Adam (and score-SDE) does, an L2 term added to the gradient; 'AdamW' decouples it.
     """
-    o = config.optim
-    if o.optimizer.lower() not in ('adam', 'adamw'):
-        raise ValueError(f"config.optim.optimizer={o.optimizer!r} is not supported: use 'Adam'")
-    schedule = learning_rate(config)
+    schedule = learning_rate(optim)
 
     def one():
-        clip = [optax.clip_by_global_norm(o.grad_clip)] if o.grad_clip > 0 else []
-        adam = optax.adamw(schedule, b1=o.beta1, eps=o.eps, weight_decay=o.weight_decay)
-        return optax.chain(*clip, adam)
+        clip = [optax.clip_by_global_norm(optim.grad_clip)] if optim.grad_clip > 0 else []
+        if optim.optimizer.lower() == 'adamw':
+            return optax.chain(*clip, optax.adamw(schedule, b1=optim.beta1, eps=optim.eps,
+                                                  weight_decay=optim.weight_decay))
+        decay = [optax.add_decayed_weights(optim.weight_decay)] if optim.weight_decay else []
+        return optax.chain(*clip, *decay, optax.scale_by_adam(b1=optim.beta1, eps=optim.eps),
+                           optax.scale_by_learning_rate(schedule))
 
     return optax.multi_transform({k: one() for k in param_keys},
                                  lambda params: {k: jax.tree.map(lambda _: k, v) for k, v in params.items()})
@@ -62,6 +67,11 @@ def abstract_state(exp: Experiment, tx, mesh):
 
 
 def checkpoint_meta(exp: Experiment) -> dict:
-    """What a checkpoint must agree on with the config that restores it."""
+    """What a checkpoint must agree on with the settings that restore it (checked field by field)."""
     return {'param_keys': list(exp.param_keys), 'levels': list(exp.levels),
-            'level_shapes': [list(exp.level_shape(k)) for k in exp.levels], 'sde': exp.sde.kind}
+            'level_shapes': [list(exp.level_shape(k)) for k in exp.levels], 'sde': exp.sde.kind,
+            'network': {f.name: _json(getattr(exp.network, f.name)) for f in dataclasses.fields(exp.network)}}
+
+
+def _json(value):
+    return list(value) if isinstance(value, tuple) else value

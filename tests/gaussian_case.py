@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from subspace_diffusion.subspaces import Chain, PieceStats
+from subspace_diffusion.subspaces import Chain, PieceStats, Subspace
 
 
 def dense_basis(chain: Chain, k: int) -> np.ndarray:
@@ -32,6 +32,10 @@ class GaussianCase:
         sp = self.sigmas if sigma_perp is None else np.asarray(sigma_perp)
         return PieceStats(mu=mu, sigma_perp=np.asarray(sp, np.float64), rms_distance=np.zeros(c.num_levels),
                           signature=c.signature())
+
+    def subspace(self, cutoffs, sigma_perp=None) -> Subspace:
+        """The chain with its exact statistics (or other sigma_perp) and the given cutoff times."""
+        return Subspace(self.chain, self.stats(sigma_perp), cutoffs)
 
     def level_score(self, sde, k: int):
         """Exact score of the level-k marginal: x_k(t) ~ N(alpha U_k^T m, alpha^2 U_k^T Sigma U_k + sigma^2 I)."""

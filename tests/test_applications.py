@@ -60,7 +60,7 @@ def test_inpaint_mode_keeps_known_pixels(workdir, tmp_path):
     out = _main('--mode=inpaint', f'--workdir={workdir}', f'--config.eval.cond_input_dir={tmp_path}',
                 '--config.eval.cond_mask=left_half', '--config.eval.batch_size=2')
     assert out.returncode == 0, out.stderr[-3000:]
-    assert '2-level subspace chain' in out.stderr  # every level is trained: the subspace sampler is used
+    assert 'in the 1-level pooling chain 8x8x1 -> 4x4x1' in out.stderr  # every level trained: the subspace sampler
     for i, img in enumerate(images):
         result = np.asarray(Image.open(workdir / 'inpaint' / f'digit{i}.png'))
         assert result.shape == (8, 8)

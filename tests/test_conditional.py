@@ -32,9 +32,9 @@ def _conditional(m, cov, known, x_known):
 def _sample(case, x0, project, levels):
     sde = SDE('ve')
     data = np.broadcast_to(x0.reshape((1,) + case.chain.shapes[0]), (N,) + case.chain.shapes[0])
-    chain, stats, cutoffs = (case.chain, case.stats(), (0.1,)) if levels else (None, None, ())
+    subspace = case.subspace((0.1,)) if levels else None
     fns = [case.level_score(sde, k) for k in range(levels + 1)]
-    f = jax.jit(lambda key: conditional_pc_sample(key, data, project, sde, fns, CFG, chain, stats, cutoffs)[0])
+    f = jax.jit(lambda key: conditional_pc_sample(key, data, project, sde, fns, CFG, subspace)[0])
     return np.asarray(f(jax.random.PRNGKey(0)), np.float64).reshape(N, -1)
 
 

@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from subspace_diffusion import data, train
+from subspace_diffusion.settings import Settings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, 'configs', '*.py'))
@@ -56,18 +57,17 @@ def test_every_config_file_is_covered():
 
 @pytest.mark.parametrize('name', CONFIGS)
 def test_config_builds_data_trains_and_samples(name, tmp_path):
-    config = _shrunk(name)
-    kind = data.DATASETS[data.dataset_key(config.data.dataset)][0]
+    settings = Settings.from_config(_shrunk(name))
+    kind = data.DATASETS[settings.data.dataset][0]
     context = contextlib.nullcontext()
     if kind == 'tf':
         tfds = pytest.importorskip('tensorflow_datasets')
         context = tfds.testing.mock_data(num_examples=16)
     with context:
-        batch = next(data.get_dataset(config, 'train', 4))['image']
-        state = train.train(config, tmp_path)
-    size, channels = config.data.image_size, config.data.num_channels
-    assert batch.shape == (4, size, size, channels) and np.isfinite(batch).all()
-    K = config.subspace.levels
+        batch = next(data.get_dataset(settings.data, 'train', 4))['image']
+        state = train.train(settings, tmp_path)
+    assert batch.shape == (4,) + settings.data.shape and np.isfinite(batch).all()
+    K = settings.subspace.levels
     assert int(state.step) == 2 and set(state.params) == {f'level_{k}' for k in range(K + 1)}
     grid = np.asarray(Image.open(tmp_path / 'samples' / 'step_0000002.png'))
     assert grid.std() > 0  # four samples from the subspace sampler, not a blank image

@@ -7,9 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from subspace_diffusion import evaluate, likelihood, parallel, reference_import
+from subspace_diffusion import bpd, likelihood, parallel, reference_import
 from subspace_diffusion.experiment import Experiment
-from tiny import tiny_config
+from subspace_diffusion.settings import Settings
+from tiny import tiny_settings
 
 REF = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', 'reference')
 
@@ -24,11 +25,11 @@ def test_eval_bits_per_dim_integrates_from_1e_5_unless_configured(kind, monkeypa
 
     monkeypatch.setattr(likelihood, 'log_likelihood', fake_log_likelihood)
     for override, expected in (({}, 1e-5), ({'eval__likelihood_eps': 1e-3}, 1e-3)):
-        config = tiny_config(sde__kind=kind, eval__bpd_num_examples=4, eval__bpd_num_repeats=1, eval__batch_size=4,
-                             subspace__levels=0, subspace__cutoffs=(), **override)
-        exp = Experiment(config)
+        settings = tiny_settings(sde__kind=kind, eval__bpd_num_examples=4, eval__bpd_num_repeats=1,
+                                 eval__batch_size=4, subspace__levels=0, subspace__cutoffs=(), **override)
+        exp = Experiment(settings, levels=(0,))
         params = exp.init_params(jax.random.PRNGKey(0))
-        evaluate.bits_per_dim(config, exp, None, params, parallel.make_mesh())
+        bpd.bits_per_dim(exp, None, params, parallel.make_mesh())
         assert seen[-1] == expected
     assert exp.sde.sampling_eps != 1e-5 or kind == 've'  # VP / sub-VP sampling eps differs from the likelihood's
 
@@ -42,7 +43,8 @@ EXACT_TRACE_BPD = 15.575998306
 def test_bits_per_dim_of_an_imported_reference_network_matches_the_exact_trace():
     config = importlib.import_module('configs.cifar10_vp_ddpmpp').get_config()
     config.model.nf, config.model.num_res_blocks, config.data.image_size = 8, 1, 8
-    exp = Experiment(config, levels=(0,), shared=False)
+    config.subspace.levels, config.subspace.cutoffs = 0, ()  # the full-space network alone
+    exp = Experiment(Settings.from_config(config), levels=(0,))
     params = {'level_0': reference_import.network_params(exp, os.path.join(REF, 'vp_8.pth'), 0)}
     x = jnp.asarray(np.load(os.path.join(REF, 'vp_8_io.npz'))['x'][:1])  # one 8x8x3 image in [-1, 1]
     probes = 64  # the image repeated, one Rademacher probe per row (the ODE path is the same for all)

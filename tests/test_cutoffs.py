@@ -5,7 +5,7 @@ import numpy as np
 from gaussian_case import dense_basis, make_case
 from subspace_diffusion.cutoffs import choose_cutoff, fisher_divergence_curve
 from subspace_diffusion.sde import SDE
-from subspace_diffusion.subspaces import PoolingChain, compute_stats
+from subspace_diffusion.subspaces import PoolingChain, Subspace, compute_stats
 
 TS = np.linspace(0.01, 1.0, 21)
 
@@ -21,7 +21,7 @@ def test_isotropic_pieces_give_zero_divergence():
     case = make_case(PoolingChain((4, 4, 1), 2), [0.4, 0.4])
     x = _data(case)
     for k in (1, 2):
-        d = fisher_divergence_curve(jax.random.PRNGKey(0), sde, case.chain, case.stats(), k,
+        d = fisher_divergence_curve(jax.random.PRNGKey(0), sde, case.subspace((0.1, 0.2)), k,
                                     case.level_score(sde, 0), [x[:1024], x[1024:]], TS)
         assert d.max() < 1e-8
 
@@ -36,7 +36,8 @@ def test_non_isotropic_piece_is_positive_and_falls():
     case.cov = case.cov + 0.05 * w @ (g @ g.T) @ w  # anisotropic W_1 component
     x = _data(case)
     stats = compute_stats(chain, [x])
-    d = fisher_divergence_curve(jax.random.PRNGKey(0), sde, chain, stats, 1, case.level_score(sde, 0), [x], TS)
+    d = fisher_divergence_curve(jax.random.PRNGKey(0), sde, Subspace(chain, stats, (0.5,)), 1,
+                                case.level_score(sde, 0), [x], TS)
     assert d[0] > 0.1
     assert d[-1] < 1e-3
     assert np.all(np.diff(d) < 1e-4)  # falls with t (up to Monte-Carlo noise)

@@ -4,22 +4,19 @@ import os
 import subprocess
 import sys
 
-import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
 
 from subspace_diffusion import data
+from subspace_diffusion.settings import Data
 
 
 def _config(dataset='digits', image_size=16, num_channels=1, **kw):
-    cfg = ml_collections.ConfigDict()
-    cfg.data = ml_collections.ConfigDict(dict(
-            dataset=dataset, image_size=image_size, num_channels=num_channels, random_flip=False,
-            uniform_dequantization=False, centered=False, data_dir='', tfds_data_dir='', tfrecords_path='',
-            category=''))
-    cfg.data.update(kw)
-    return cfg
+    """Data settings (settings.Data) of a dataset, no augmentation unless asked."""
+    fields = dict(dataset=dataset, image_size=image_size, num_channels=num_channels, random_flip=False,
+                  uniform_dequantization=False, centered=False)
+    return Data(**{**fields, **kw})
 
 
 def _all(it):
@@ -158,12 +155,14 @@ def test_unreadable_image_is_named(tmp_path):
 
 
 def test_errors(tmp_path):
-    with pytest.raises(ValueError, match="valid: .*'digits'"):
-        data.get_dataset(_config('mnist'), 'train', 8)
+    with pytest.raises(ValueError, match="unknown dataset 'mnist'; use one of .*'digits'"):
+        _config('mnist')
     with pytest.raises(FileNotFoundError, match='not found'):
         data.get_dataset(_config('folder', data_dir=str(tmp_path / 'missing')), 'train', 8)
     with pytest.raises(ValueError, match='no .* images'):
         data.get_dataset(_config('folder', data_dir=str(tmp_path)), 'train', 8)
+    with pytest.raises(ValueError, match="needs the folder of images"):
+        _config('folder')
 
 
 def test_importing_data_does_not_import_tensorflow():

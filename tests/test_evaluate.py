@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from configs import quick_digits
-from subspace_diffusion import evaluate
+from subspace_diffusion import evaluate, quality
 from subspace_diffusion.metrics import fid, proxy
+from subspace_diffusion.settings import Settings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The smallest NCSN++ that keeps every code path (one resolution, no attn_resolutions) on a 2-level chain.
@@ -47,7 +48,7 @@ def _main(env, *args):
 def classifier_dir(tmp_path_factory):
     """A directory holding the cached proxy digits classifier (trained once for the module)."""
     path = tmp_path_factory.mktemp('classifier')
-    proxy.DigitsFeatures(quick_digits.get_config(), str(path))
+    proxy.DigitsFeatures(_settings().data, str(path))
     return path
 
 
@@ -64,13 +65,21 @@ def trained(tmp_path_factory, env):
     return workdir
 
 
-def test_proxy_frechet_distances(classifier_dir):
+def _settings(**fields):
+    """The quick config's settings with eval fields replaced."""
     config = quick_digits.get_config()
-    features = proxy.proxy_feature_fns(config, str(classifier_dir))
+    for name, value in fields.items():
+        config.eval[name] = value
+    return Settings.from_config(config)
+
+
+def test_proxy_frechet_distances(classifier_dir):
+    settings = _settings()
+    features = proxy.proxy_feature_fns(settings.data, str(classifier_dir))
     assert set(features) == {'pixel', 'digits_classifier'}
     assert features['digits_classifier'].test_accuracy > 0.9
-    train, _ = proxy.digits_split(config, 'train')
-    test, _ = proxy.digits_split(config, 'test')
+    train, _ = proxy.digits_split(settings.data, 'train')
+    test, _ = proxy.digits_split(settings.data, 'test')
     noise = np.random.default_rng(0).random(test.shape, np.float32)
     for name, fn in features.items():
         ref = fid.feature_stats(fn(train))
@@ -82,32 +91,29 @@ def test_proxy_frechet_distances(classifier_dir):
 
 
 def test_sample_metrics_with_and_without_inception(tmp_path, classifier_dir, monkeypatch):
-    config = quick_digits.get_config()
+    settings = _settings()
     shutil.copy(classifier_dir / 'proxy_classifier_digits_16.npz', tmp_path)
-    test, _ = proxy.digits_split(config, 'test')
+    test, _ = proxy.digits_split(settings.data, 'test')
     images = np.round(test[:64] * 255).astype(np.uint8)
-    without = evaluate.sample_metrics(config, str(tmp_path), images)
+    without = quality.sample_metrics(settings, str(tmp_path), images)
     assert 'fid' not in without and 'skipped' in without['inception_metrics']
     assert 0 < without['digits_classifier_fd'] < 10 and 0 < without['pixel_fd'] < 10  # held-out digits: close
 
     # A stand-in for the FID Inception (the real weights are a download): fixed random features and logits.
     proj = np.random.default_rng(0).normal(size=(256, 24)).astype(np.float32)
-    monkeypatch.setattr(evaluate, '_inception_fn', lambda config: lambda x: (
+    monkeypatch.setattr(quality, 'inception_fn', lambda settings: lambda x: (
         x.reshape(len(x), -1) / 255. @ proj[:, :16], x.reshape(len(x), -1) / 255. @ proj[:, 16:]))
-    with_inception = evaluate.sample_metrics(config, str(tmp_path), images)  # the reference gains Inception stats
+    with_inception = quality.sample_metrics(settings, str(tmp_path), images)  # the reference gains Inception stats
     assert with_inception['fid'] > 0 and with_inception['inception_score'] >= 1 and np.isfinite(with_inception['kid'])
     assert with_inception['digits_classifier_fd'] == pytest.approx(without['digits_classifier_fd'])
 
 
 def test_bad_workdirs_are_clear_errors(tmp_path):
-    config = quick_digits.get_config()
     with pytest.raises(FileNotFoundError, match='no checkpoints in .* train that level there first'):
-        evaluate.level_workdirs(config, str(tmp_path), 2)
+        evaluate.level_workdirs(_settings(), str(tmp_path), (0, 1, 2))
     (tmp_path / 'checkpoints').mkdir()
-    with config.unlocked():
-        config.eval.level_workdirs = (str(tmp_path),)
     with pytest.raises(ValueError, match='give one workdir per level'):
-        evaluate.level_workdirs(config, str(tmp_path), 2)
+        evaluate.level_workdirs(_settings(level_workdirs=(str(tmp_path),)), str(tmp_path), (0, 1, 2))
 
 
 def test_eval_end_to_end_resumes_after_kill(tmp_path, trained, classifier_dir, env):
@@ -150,13 +156,10 @@ def test_eval_end_to_end_resumes_after_kill(tmp_path, trained, classifier_dir, e
 
     metrics = json.load(open(folder / 'metrics.json'))
     assert metrics['batches_sampled_this_run'] == n_batches - len(kept) + 1
-    assert metrics['checkpoints']['level_2'] == {'workdir': str(trained), 'step': 1}
+    assert metrics['checkpoints']['2'] == {'workdir': str(trained), 'step': 1}
     for key in ('pixel_fd', 'digits_classifier_fd', 'bpd', 'nfe_per_sample', 'samples_per_s'):
         assert np.isfinite(metrics[key]) and metrics[key] > 0, (key, metrics[key])
     assert 'skipped' in metrics['inception_metrics']  # no Inception weights offline: the rest still computed
 
-    config = quick_digits.get_config()
-    with config.unlocked():
-        config.eval.begin_ckpt, config.eval.end_ckpt = 5, 9
     with pytest.raises(ValueError, match=r'archived steps in .*: \[1\]'):
-        evaluate.eval_steps(config, str(trained))
+        evaluate.eval_steps(_settings(begin_ckpt=5, end_ckpt=9), str(trained))

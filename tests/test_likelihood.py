@@ -26,7 +26,7 @@ def _setup(kind, n=64):
 def _loglik(sde, case, x, trace, subspace, key=0):
     if subspace:
         fns = [case.level_score(sde, k) for k in range(3)]
-        args = (case.chain, case.stats(), (0.1, 0.2))
+        args = (case.subspace((0.1, 0.2)),)
     else:
         fns, args = [case.level_score(sde, 0)], ()
     lp, z, _ = jax.jit(lambda k, x: log_likelihood(k, x, sde, fns, *args, trace=trace))(jax.random.PRNGKey(key), x)
@@ -60,7 +60,7 @@ def test_hutchinson_is_unbiased(trace):
 def test_ode_sampling_reproduces_gaussian():
     sde, case, _, _ = _setup('vp')
     fns = [case.level_score(sde, k) for k in range(3)]
-    xs, _ = jax.jit(lambda k: ode_sample(k, 4000, sde, fns, (4, 4, 1), case.chain, case.stats(), (0.1, 0.2)))(
+    xs, _ = jax.jit(lambda k: ode_sample(k, 4000, sde, fns, (4, 4, 1), case.subspace((0.1, 0.2))))(
         jax.random.PRNGKey(2))
     xs = np.asarray(xs).reshape(4000, -1)
     assert np.abs(xs.mean(0) - case.m).max() < 0.05

@@ -17,14 +17,14 @@ def _main(*args):
 
 def test_subspace_stats_mode_on_digits(tmp_path):
     out = _main('--mode=subspace_stats', '--config=configs/quick_digits.py', f'--workdir={tmp_path}',
-                '--config.subspace.kind=pooling', '--config.subspace.levels=2')
+                '--config.subspace.kind=pooling', '--config.subspace.levels=2', '--config.subspace.cutoffs=(0.3,0.6)')
     assert out.returncode == 0, out.stderr[-3000:]
-    table = json.load(open(tmp_path / 'subspace_stats.json'))
+    table = json.load(open(next(tmp_path.glob('subspace_stats_*.json'))))
     rms = [row['rms_distance_per_orthogonal_dim'] for row in table['levels']]
     sig = [row['piece_sigma_perp'] for row in table['levels']]
     # Real digit images have structure at every scale: positive spread, coarser levels lose more per dimension.
     assert 0 < rms[0] < rms[1] < 1 and all(0 < s < 1 for s in sig)
-    with np.load(tmp_path / 'subspace_stats.npz') as f:
+    with np.load(next(tmp_path.glob('subspace_stats_*.npz'))) as f:
         np.testing.assert_allclose(f['rms_distance'], rms, rtol=1e-6)
     assert os.path.exists(tmp_path / 'config_subspace_stats.json')
 

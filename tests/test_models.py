@@ -10,13 +10,18 @@ from scipy.signal import convolve2d
 
 from configs import quick_digits
 from subspace_diffusion.models import layers
-from subspace_diffusion.models.score import create_model, get_score_fn, init_params
-from subspace_diffusion.sde import make_sde
+from subspace_diffusion.models.ncsnpp import NCSNpp
+from subspace_diffusion.models.score import get_score_fn, init_params
+from subspace_diffusion.settings import Settings
 
 
 def _shape(config, resolution=None):
     r = resolution or config.data.image_size
     return (r, r, config.data.num_channels)
+
+
+def create_model(config):
+    return NCSNpp(net=Settings.from_config(config).network)
 
 
 def _param_shapes(config, resolution=None):
@@ -91,7 +96,7 @@ def test_score_fn_under_jit_and_scan():
     for name in ("ncsnpp", "ddpmpp"):
         config = _tiny(**VARIANTS[name])
         config.sde.kind = "ve" if name == "ncsnpp" else "vp"
-        sde = make_sde(config.sde)
+        sde = Settings.from_config(config).sde
         model = create_model(config)
         params = init_params(model, jax.random.PRNGKey(0), _shape(config))["params"]
         score = get_score_fn(model, sde, params)
@@ -160,7 +165,7 @@ def test_bad_inputs_raise():
     bad = _tiny()
     bad.model.name = "unet"
     with pytest.raises(ValueError, match="model.name"):
-        create_model(bad)
+        Settings.from_config(bad)
     bad = _tiny(embedding_type="positional", scale_by_sigma=True)
     with pytest.raises(ValueError, match="scale_by_sigma=False"):
         create_model(bad)

@@ -23,6 +23,7 @@ from subspace_diffusion.checkpoints import Checkpoints
 from subspace_diffusion.experiment import Experiment
 from subspace_diffusion.models import convert
 from subspace_diffusion.models.score import get_score_fn
+from subspace_diffusion.settings import Settings
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(TESTS)
@@ -45,6 +46,10 @@ FIXTURES = {
 }
 
 
+def _settings(name, levels=None, factor=None, **overrides):
+    return Settings.from_config(_config(name, levels, factor, **overrides))
+
+
 def _config(name, levels=None, factor=None, **overrides):
     config = importlib.import_module(f'configs.{name}').get_config()
     config.model.nf, config.model.num_res_blocks = 8, 1  # the fixtures' size
@@ -65,7 +70,7 @@ def _manifest():
 @pytest.mark.parametrize('entry', _manifest(), ids=lambda e: f"{e['config']}@{e['image_size']}")
 def test_full_size_networks_match_the_reference_manifest(entry):
     config = importlib.import_module(f'configs.{CONFIGS[entry["config"]]}').get_config()
-    exp = Experiment(config, levels=(0,), shared=False)
+    exp = Experiment(Settings.from_config(config), levels=(0,))
     size = entry['image_size']
     shapes = jax.eval_shape(lambda k: exp.model.init({'params': k}, jnp.zeros((1, size, size, 3)), jnp.ones(1),
                                                      train=False), jax.random.PRNGKey(0))['params']
@@ -84,7 +89,7 @@ def test_attention_placement_options():
     count = {}
     for placement in ('resolution', 'depth'):
         config.model.attention_placement = placement
-        exp = Experiment(config, levels=(0,), shared=False)
+        exp = Experiment(Settings.from_config(config), levels=(0,))
         shapes = jax.eval_shape(lambda k: exp.model.init({'params': k}, jnp.zeros((1, 16, 16, 3)), jnp.ones(1),
                                                          train=False), jax.random.PRNGKey(0))['params']
         count[placement] = sum(np.prod(x.shape) for x in jax.tree.leaves(shapes))
@@ -92,15 +97,14 @@ def test_attention_placement_options():
     assert count == {'resolution': 61_772_035, 'depth': 62_758_915}
     shared = importlib.import_module('configs.cifar10_ve_ncsnpp').get_config()
     shared.subspace.shared_params = True
-    with pytest.raises(ValueError, match="attention_placement='depth'"):
-        Experiment(shared, levels=(0, 1))
+    with pytest.raises(ValueError, match='attention_placement=depth'):
+        Settings.from_config(shared)
 
 
 @pytest.mark.parametrize('name', sorted(FIXTURES))
 def test_imported_networks_reproduce_the_reference_outputs(name):
     config_name, level, levels, factor = FIXTURES[name]
-    config = _config(config_name, levels, factor)
-    exp = Experiment(config, levels=tuple(range(levels + 1)), shared=False)
+    exp = Experiment(_settings(config_name, levels, factor), levels=tuple(range(levels + 1)))
     io = np.load(os.path.join(REF, f'{name}_io.npz'))
     x, labels = jnp.asarray(io['x']), jnp.asarray(io['labels'])
     for weights in ('ema', 'model'):
@@ -126,7 +130,7 @@ def test_imported_networks_reproduce_the_reference_outputs(name):
 def test_level_input_offset_of_the_reference_ddpmpp_subspace_networks():
     # The reference feeds its sub-VP 16x16 / 8x8 networks D^k x + alpha (1 or 3) (scaler applied after pooling).
     config = _config('cifar10_subvp_ddpmpp', 2, 2)
-    exp = Experiment(config, levels=(0, 1, 2), shared=False)
+    exp = Experiment(Settings.from_config(config), levels=(0, 1, 2))
     np.testing.assert_allclose(exp.input_offset(1), 1.0)
     np.testing.assert_allclose(exp.input_offset(2), 3.0)
     assert exp.input_offset(0) is None
@@ -136,8 +140,8 @@ def test_level_input_offset_of_the_reference_ddpmpp_subspace_networks():
     alpha = exp.sde.alpha(t)[:, None, None, None]
     np.testing.assert_allclose(exp.score_fn(params, 2)(x, t), raw(x + 3 * alpha, t), rtol=1e-6)
     config.subspace.scale_after_pooling = False
-    assert Experiment(config, levels=(0, 1, 2), shared=False).input_offset(2) is None
-    ve = Experiment(_config('cifar10_ve_ncsnpp', 1, 2), levels=(0, 1), shared=False)
+    assert Experiment(Settings.from_config(config), levels=(0, 1, 2)).input_offset(2) is None
+    ve = Experiment(_settings('cifar10_ve_ncsnpp', 1, 2), levels=(0, 1))
     assert ve.input_offset(1) is None  # data in [0, 1]: pooling and scaling commute
 
 
@@ -180,7 +184,7 @@ def test_import_two_levels_then_eval_samples_through_the_chain(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     with open(workdir / 'eval' / 'step_2' / 'metrics.json') as f:
         metrics = json.load(f)
-    assert metrics['space'].startswith('1-level subspace') and metrics['num_samples'] == 4
+    assert metrics['space'].startswith('1-level pooling chain 16x16x3 -> 8x8x3') and metrics['num_samples'] == 4
     # Effective NFE below the full-space count: the 8x8 network ran above the cutoff.
     assert metrics['nfe_per_sample'] < 8
 
@@ -234,7 +238,7 @@ def test_bad_imports_are_one_clear_line(tmp_path):
 def test_ve_noise_scales_are_checked(tmp_path):
     config = _config('celebahq256_ve_ncsnpp', 1, 4)
     config.sde.sigma_max = 50.0
-    exp = Experiment(config, levels=(0, 1), shared=False)
+    exp = Experiment(Settings.from_config(config), levels=(0, 1))
     _, state_dict, _, _ = reference_import.read_reference(os.path.join(REF, 'celebahq_64.pth'))
     with pytest.raises(ValueError, match='trained with sigma_max=348, .* set --config.sde.sigma_max=348'):
         reference_import._check_noise_scales(state_dict, exp)

@@ -15,7 +15,7 @@ import pytest
 from gaussian_case import make_case
 from subspace_diffusion.sampling import SamplerConfig, effective_nfe, make_sampler, pc_sample, split_grid
 from subspace_diffusion.sde import SDE
-from subspace_diffusion.subspaces import PoolingChain, fit_pca_chain
+from subspace_diffusion.subspaces import PoolingChain, Subspace, fit_pca_chain
 
 N_SAMPLES = 20_000
 CUTOFFS = {1: (0.1,), 2: (0.1, 0.2)}
@@ -35,11 +35,10 @@ def _errors(case, x):
             np.linalg.norm(cov - case.cov) / np.linalg.norm(case.cov))
 
 
-def _run(sde, case, cfg, chain=None, stats=None, cutoffs=()):
-    K = chain.num_levels if chain else 0
+def _run(sde, case, cfg, subspace=None):
+    K = subspace.num_levels if subspace else 0
     fns = [case.level_score(sde, k) for k in range(K + 1)]
-    f = jax.jit(lambda key: pc_sample(key, N_SAMPLES, sde, fns, cfg, chain, stats, cutoffs,
-                                      shape=case.chain.shapes[0])[0])
+    f = jax.jit(lambda key: pc_sample(key, N_SAMPLES, sde, fns, cfg, subspace, shape=case.chain.shapes[0])[0])
     return _errors(case, f(jax.random.PRNGKey(0)))
 
 
@@ -67,7 +66,7 @@ def test_subspace_sampler_matches_full_sampler(kind, chain_name):
     levels = 1 if chain_name == 'pooling1' else 2
     sde, case = SDE(kind), _case(chain_name, levels)
     full_mean, full_cov = _full_errors(kind, chain_name)
-    mean_err, cov_err = _run(sde, case, _cfg(kind), case.chain, case.stats(), CUTOFFS[levels])
+    mean_err, cov_err = _run(sde, case, _cfg(kind), case.subspace(CUTOFFS[levels]))
     assert full_cov < 0.07 and full_mean < 0.03
     assert cov_err < max(1.3 * full_cov, full_cov + 0.02) and cov_err < 0.07
     assert mean_err < max(1.3 * full_mean, full_mean + 0.01)
@@ -77,14 +76,14 @@ def test_subspace_sampler_matches_full_sampler(kind, chain_name):
 def test_wrong_lift_variance_is_caught(kind):
     # sigma_perp = 0 makes v_k(t) = sigma(t)^2: the alpha^2 sigma_perp^2 term of the lift is missing.
     sde, case = SDE(kind), _case('pooling2', 2)
-    _, cov_err = _run(sde, case, _cfg(kind), case.chain, case.stats(sigma_perp=[0.0, 0.0]), CUTOFFS[2])
+    _, cov_err = _run(sde, case, _cfg(kind), case.subspace(CUTOFFS[2], sigma_perp=[0.0, 0.0]))
     assert cov_err > 0.1
 
 
 def test_conditional_langevin_keeps_the_distribution():
     sde, case = SDE('ve'), _case('pooling2', 2)
     cfg = SamplerConfig(num_steps=200, cond_langevin_steps=3, cond_snr=0.22)
-    mean_err, cov_err = _run(sde, case, cfg, case.chain, case.stats(), CUTOFFS[2])
+    mean_err, cov_err = _run(sde, case, cfg, case.subspace(CUTOFFS[2]))
     assert cov_err < 0.07 and mean_err < 0.03
 
 
@@ -98,7 +97,7 @@ def test_zero_levels_is_the_full_sampler_and_nfe():
     # predictor N-1 + corrector N + denoise 1 network calls, each of cost 1
     assert nfe == nfe_full == 19 + 20 + 1
     grid, spans = split_grid(20, sde.sampling_eps, 1.0, (0.3, 0.6))
-    sub_nfe = effective_nfe(cfg, case.chain, spans)
+    sub_nfe = effective_nfe(cfg, case.subspace((0.3, 0.6)), spans)
     # levels cost 1, 1/4, 1/16 of a full call
     n = {k: b - a for k, (a, b) in spans.items()}
     assert sub_nfe == pytest.approx(2 * n[2] / 16 + 2 * n[1] / 4 + 2 * n[0] - 1 + 1)
@@ -110,9 +109,12 @@ def test_bad_cutoffs_and_config():
     sde, case = SDE('ve'), _case('pooling2', 2)
     fns = [case.level_score(sde, k) for k in range(3)]
     cfg = SamplerConfig(num_steps=20)
-    for cutoffs, msg in [((0.6, 0.3), 'increasing'), ((0.3, 1.2), 'inside'), ((0.3,), 'one cutoff time per level'),
-                         ((0.999, 0.9999), 'no grid point')]:
+    for cutoffs, msg in [((0.6, 0.3), 'increasing'), ((0.3, 1.2), 'inside'), ((0.3,), 'one cutoff time per level')]:
         with pytest.raises(ValueError, match=msg):
-            pc_sample(jax.random.PRNGKey(0), 4, sde, fns, cfg, case.chain, case.stats(), cutoffs)
+            case.subspace(cutoffs)
+    with pytest.raises(ValueError, match='no grid point'):
+        pc_sample(jax.random.PRNGKey(0), 4, sde, fns, cfg, case.subspace((0.999, 0.9999)))
+    with pytest.raises(ValueError, match='statistics are for chain'):
+        Subspace(PoolingChain((8, 8, 1), 2), case.stats(), (0.1, 0.2))
     with pytest.raises(ValueError, match='predictor'):
         SamplerConfig(predictor='heun')

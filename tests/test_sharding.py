@@ -16,7 +16,7 @@ fns = [case.level_score(sde, k) for k in range(3)]
 cfg = SamplerConfig(num_steps=30)
 mesh = Mesh(np.array(jax.devices()), ('data',))
 sharding = NamedSharding(mesh, P('data'))
-run = lambda s: jax.jit(lambda key: pc_sample(key, 64, sde, fns, cfg, case.chain, case.stats(), (0.1, 0.2),
+run = lambda s: jax.jit(lambda key: pc_sample(key, 64, sde, fns, cfg, case.subspace((0.1, 0.2)),
                                              sharding=s)[0])(jax.random.PRNGKey(0))
 x8, x1 = run(sharding), run(None)
 assert len(x8.sharding.device_set) == 8, x8.sharding

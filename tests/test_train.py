@@ -14,7 +14,7 @@ from PIL import Image
 from subspace_diffusion import loading, train
 from subspace_diffusion.checkpoints import CheckpointError, Checkpoints
 from subspace_diffusion.experiment import Experiment
-from tiny import tiny_config, tiny_flags
+from tiny import tiny_flags, tiny_settings
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(TESTS)
@@ -43,12 +43,12 @@ import jax, numpy as np
 from jax.experimental import multihost_utils
 from subspace_diffusion import data, parallel, train, train_state
 from subspace_diffusion.experiment import Experiment
-from tiny import tiny_config
+from tiny import tiny_settings
 assert jax.device_count() == 8
-config = tiny_config(subspace__train_level=-1)
-exp = Experiment(config)
-tx = train_state.make_optimizer(config, exp.param_keys)
-it = data.get_dataset(config, 'train', 16, seed=0)
+settings = tiny_settings(subspace__train_level=-1)
+exp = Experiment(settings, settings.subspace.train_levels())
+tx = train_state.make_optimizer(settings.optim, exp.param_keys)
+it = data.get_dataset(settings.data, 'train', 16, seed=0)
 batches = [np.stack([next(it)['image'] for _ in range(2)]) for _ in range(2)]
 results = []
 for devices in (jax.devices(), jax.devices()[:1]):
@@ -87,9 +87,9 @@ import sys, jax, numpy as np
 from subspace_diffusion import parallel, train
 pid, port, workdir = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 parallel.initialize_distributed(f'localhost:{port}', 2, pid)
-from tiny import tiny_config
+from tiny import tiny_settings
 assert jax.process_count() == 2 and jax.device_count() == 2
-state = train.train(tiny_config(training__n_iters=4), workdir)
+state = train.train(tiny_settings(training__n_iters=4), workdir)
 local = lambda tree: [np.asarray(x.addressable_data(0)) for x in jax.tree.leaves(tree)]
 np.savez(f'{workdir}/params_{pid}.npz', *local(state.params), *local(state.ema_params))
 print('OK', pid)
@@ -114,7 +114,7 @@ def test_two_processes_train_identically_and_restore_in_one(tmp_path):
         for k in f0.files:
             np.testing.assert_array_equal(f0[k], f1[k])
     # The checkpoint written by both processes restores in a single process (the EMA half of the saved list).
-    ema, step = loading.load_trained(tiny_config(), tmp_path)[1:]
+    ema, step = _ema(tiny_settings(), tmp_path)
     assert step == 4
     for a, b in zip(_leaves(ema), p0[len(p0) // 2:], strict=True):
         np.testing.assert_array_equal(a, b)
@@ -155,8 +155,8 @@ def test_sigkill_then_rerun_equals_uninterrupted_run(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert f'resuming from the checkpoint at step {stopped_at}' in again.stderr
     assert ref.wait(timeout=400) == 0, open(tmp_path / 'full.log').read()[-3000:]
-    config = tiny_config()
-    (a, step_a), (b, step_b) = loading.load_trained(config, full)[1:], loading.load_trained(config, killed)[1:]
+    settings = tiny_settings()
+    (a, step_a), (b, step_b) = _ema(settings, full), _ema(settings, killed)
     assert step_a == step_b == 120
     _assert_same(a, b, rtol=1e-6, atol=1e-7)
 
@@ -175,38 +175,36 @@ def test_sigterm_saves_a_checkpoint_and_exits(tmp_path):
 
 def test_trains_through_tfds_and_from_a_folder(tmp_path):
     tfds = pytest.importorskip('tensorflow_datasets')
-    config = tiny_config(data__dataset='cifar10', data__num_channels=3, data__random_flip=True,
-                         training__n_iters=4)
+    settings = tiny_settings(data__dataset='cifar10', data__num_channels=3, data__random_flip=True,
+                             training__n_iters=4)
     with tfds.testing.mock_data(num_examples=32):
-        state = train.train(config, tmp_path / 'cifar')
+        state = train.train(settings, tmp_path / 'cifar')
     assert int(state.step) == 4 and state.params['level_0']['all_modules_3']['kernel'].shape[-2] == 3
     folder = tmp_path / 'images'
     folder.mkdir()
     rng = np.random.default_rng(0)
     for i in range(6):  # photos of any size and mode are cropped and resized to data.image_size
         Image.fromarray(rng.integers(0, 256, (20 + i, 24, 3), dtype=np.uint8)).save(folder / f'{i}.png')
-    config = tiny_config(data__dataset='folder', data__num_channels=3, training__n_iters=4)
-    with config.unlocked():
-        config.data.data_dir = str(folder)
-    state = train.train(config, tmp_path / 'folder')
+    state = train.train(tiny_settings(data__dataset='folder', data__num_channels=3, training__n_iters=4,
+                                      data__data_dir=str(folder)), tmp_path / 'folder')
     assert int(state.step) == 4 and np.isfinite(_leaves(state.params)[0]).all()
     assert os.listdir(tmp_path / 'folder' / 'checkpoints' / 'archive') == ['4']
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
-    train.train(tiny_config(training__n_iters=4), tmp_path)
-    good, _ = loading.load_trained(tiny_config(), tmp_path)[1:]
+    train.train(tiny_settings(training__n_iters=4), tmp_path)
+    good, _ = _ema(tiny_settings(), tmp_path)
     with pytest.raises(FloatingPointError, match=r'non-finite .* at step 5.*checkpoint \(step 4\) is intact'):
-        train.train(tiny_config(training__n_iters=8, optim__lr=float('nan')), tmp_path)
-    ema, step = loading.load_trained(tiny_config(), tmp_path)[1:]
+        train.train(tiny_settings(training__n_iters=8, optim__lr=3e38, optim__warmup=0), tmp_path)  # overflows
+    ema, step = _ema(tiny_settings(), tmp_path)
     assert step == 4
     _assert_same(ema, good)
 
 
 def test_all_levels_and_shared_parameters(tmp_path):
-    exp = Experiment(tiny_config(subspace__train_level=-1, subspace__levels=1))
+    exp = Experiment(tiny_settings(subspace__levels=1), levels=(0, 1))
     assert exp.param_keys == ('level_0', 'level_1')
-    shared = Experiment(tiny_config(subspace__train_level=-1, subspace__shared_params=True))
+    shared = Experiment(tiny_settings(subspace__shared_params=True), levels=(0, 1), shared=True)
     assert shared.param_keys == ('shared',)
     params = shared.init_params(jax.random.PRNGKey(0))
     # One parameter set serves both resolutions; both levels' losses reach it.
@@ -215,7 +213,7 @@ def test_all_levels_and_shared_parameters(tmp_path):
     grads = jax.grad(lambda p: shared.loss(p, np.ones((4, 8, 8, 1), np.float32), jax.random.PRNGKey(1))[1][1])(
         params)
     assert sum(np.abs(g).sum() for g in _leaves(grads)) > 0
-    state = train.train(tiny_config(subspace__train_level=-1, subspace__shared_params=True, training__n_iters=2,
+    state = train.train(tiny_settings(subspace__train_level=-1, subspace__shared_params=True, training__n_iters=2,
                                     training__snapshot_freq=2, training__snapshot_sampling=True), tmp_path)
     assert set(state.params) == {'shared'}
     assert os.path.exists(tmp_path / 'samples' / 'step_0000002.png')
@@ -223,28 +221,31 @@ def test_all_levels_and_shared_parameters(tmp_path):
 
 def test_bad_inputs_are_clear_errors_before_compiling(tmp_path):
     with pytest.raises(ValueError, match='cannot support 9 pooling level'):
-        train.train(tiny_config(subspace__levels=9, subspace__cutoffs=tuple(0.1 * i for i in range(1, 10))),
+        train.train(tiny_settings(subspace__levels=9, subspace__cutoffs=tuple(0.1 * i for i in range(1, 10))),
                     tmp_path)
-    with pytest.raises(ValueError, match='train_level=3 is not a level'):
-        train.train(tiny_config(subspace__train_level=3), tmp_path)
+    with pytest.raises(ValueError, match='train_level: 3 is not a level'):
+        train.train(tiny_settings(subspace__train_level=3), tmp_path)
     with pytest.raises(ValueError, match='not a multiple of training.n_jitted_steps'):
-        train.train(tiny_config(training__log_freq=3), tmp_path)
-    config = tiny_config(data__dataset='folder')
-    with config.unlocked():
-        config.data.data_dir = str(tmp_path / 'missing')
+        train.train(tiny_settings(training__log_freq=3), tmp_path)
     with pytest.raises(FileNotFoundError, match='dataset folder not found'):
-        train.train(config, tmp_path)
+        train.train(tiny_settings(data__dataset='folder', data__data_dir=str(tmp_path / 'missing')), tmp_path)
     # A checkpoint from another model layout, then an unreadable one: clear errors naming the fix.
-    train.train(tiny_config(training__n_iters=2), tmp_path / 'run')
-    with pytest.raises(CheckpointError, match='different setup.*levels'):
-        train.train(tiny_config(training__n_iters=4, subspace__train_level=1), tmp_path / 'run')
+    train.train(tiny_settings(training__n_iters=2), tmp_path / 'run')
+    with pytest.raises(CheckpointError, match=r'other settings: subspace.train_level: checkpoint \[0\], config \[1\]'):
+        train.train(tiny_settings(training__n_iters=4, subspace__train_level=1), tmp_path / 'run')
     state_dir = tmp_path / 'run' / 'checkpoints' / 'archive' / '2' / 'state'
     for root, _, files in os.walk(state_dir):
         for f in files:
             open(os.path.join(root, f), 'wb').close()
     with pytest.raises(CheckpointError, match='cannot be read.*fresh --workdir'):
-        train.train(tiny_config(training__n_iters=4), tmp_path / 'run')
+        train.train(tiny_settings(training__n_iters=4), tmp_path / 'run')
     assert Checkpoints(tmp_path / 'run', read_only=True).latest_step() == 2
+
+
+def _ema(settings, workdir):
+    """(EMA parameters, step) of the newest checkpoint of a workdir."""
+    _, state, step = loading.load_state(settings, workdir)
+    return state.ema_params, step
 
 
 def test_main_train_writes_config_events_checkpoint_and_grid(tmp_path):

@@ -1,5 +1,6 @@
 """The quick digits config shrunk for tests: 8 px, one U-Net resolution (compiles fast), batch 16, frequent checkpoints."""
 from configs import quick_digits
+from subspace_diffusion.settings import Settings
 
 TINY = {
     'data.image_size': 8, 'model.nf': 8, 'model.ch_mult': (1,), 'model.num_res_blocks': 1, 'model.attn_resolutions': (),
@@ -28,3 +29,8 @@ def tiny_flags(**overrides):
     for key, value in merged.items():
         flags.append(f'--config.{key}={value}')
     return flags
+
+
+def tiny_settings(**overrides):
+    """tiny_config(**overrides) checked into typed settings, as main.py does."""
+    return Settings.from_config(tiny_config(**overrides))

@@ -1,6 +1,5 @@
 """FID, Inception Score and KID formulas on precomputed Inception features/logits (numpy/scipy)."""
 import numpy as np
-import scipy.linalg
 import scipy.special
 
 
@@ -10,23 +9,28 @@ def feature_stats(features):
     return f.mean(0), np.cov(f, rowvar=False)
 
 
-def frechet_distance(mu1, sigma1, mu2, sigma2, eps=1e-6):
-    """Frechet distance between N(mu1, sigma1) and N(mu2, sigma2); mu (D,), sigma (D, D) -> float."""
+def _psd_sqrt(a):
+    """Symmetric square root of a symmetric PSD matrix (negative round-off eigenvalues clipped to 0)."""
+    w, v = np.linalg.eigh(a)
+    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2):
+    """Frechet distance between N(mu1, sigma1) and N(mu2, sigma2); mu (D,), sigma (D, D) -> float.
+
+    ||mu1 - mu2||^2 + tr(S1 + S2 - 2 (S1 S2)^{1/2}), with tr (S1 S2)^{1/2} = tr (S1^{1/2} S2 S1^{1/2})^{1/2}
+    computed by symmetric eigendecompositions: exact for PSD covariances, singular ones (fewer samples
+    than dimensions) included, where a general matrix square root is ill-conditioned.
+    """
     mu1, mu2 = np.atleast_1d(mu1).astype(np.float64), np.atleast_1d(mu2).astype(np.float64)
     sigma1, sigma2 = np.atleast_2d(sigma1).astype(np.float64), np.atleast_2d(sigma2).astype(np.float64)
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
         raise ValueError(f"stat shapes differ: {mu1.shape}/{mu2.shape}, {sigma1.shape}/{sigma2.shape}")
     diff = mu1 - mu2
-    covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
-    if not np.isfinite(covmean).all():
-        # Singular product (e.g. fewer samples than dims): regularise both covariances slightly.
-        offset = np.eye(sigma1.shape[0]) * eps
-        covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
-    if np.iscomplexobj(covmean):
-        if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
-            raise ValueError(f"sqrtm has large imaginary part {np.max(np.abs(covmean.imag)):.3g}")
-        covmean = covmean.real
-    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean))
+    root = _psd_sqrt(sigma1)
+    middle = root @ sigma2 @ root
+    trace_covmean = np.sum(np.sqrt(np.clip(np.linalg.eigvalsh((middle + middle.T) / 2), 0, None)))
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_covmean)
 
 
 def inception_score(logits, splits=10, num_classes=1000):

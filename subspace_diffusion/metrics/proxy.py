@@ -16,6 +16,7 @@ activations; a convolutional network would cost more compile time than these sma
 The pixel Frechet distance uses the flattened [0,1] pixels as features; it only measures first and
 second moments of the pixels, so it applies to small images only (d <= PIXEL_FD_MAX_DIM).
 """
+import dataclasses
 import math
 import os
 
@@ -26,6 +27,7 @@ import optax
 from absl import logging
 
 from subspace_diffusion import data
+from subspace_diffusion.files import atomic_npz
 
 PIXEL_FD_MAX_DIM = 4096  # covariance d x d: 64x64x1 or 32x32x3 still fit in memory and sqrtm time
 HIDDEN = (128, 64)
@@ -45,11 +47,11 @@ def pixel_features(images) -> np.ndarray:
     return x.reshape(len(x), -1)
 
 
-def split_batches(config, split, batch_size=256, max_examples=0):
+def split_batches(data_settings, split, batch_size=256, max_examples=0):
     """Yields float32 (B, S, S, C) batches in [0,1] of a dataset split, in the pipeline's fixed order, no flips."""
-    inverse = data.get_inverse_scaler(config.data.centered)
+    inverse = data.get_inverse_scaler(data_settings.centered)
     seen = 0
-    for b in data.get_dataset(config, split, batch_size, augment=False, repeat=False):
+    for b in data.get_dataset(data_settings, split, batch_size, augment=False, repeat=False):
         x = np.asarray(inverse(b['image']), np.float32)
         if max_examples:
             x = x[:max_examples - seen]
@@ -59,15 +61,12 @@ def split_batches(config, split, batch_size=256, max_examples=0):
             return
 
 
-def split_images(config, split, max_examples=0, image_size=None) -> np.ndarray:
+def split_images(data_settings, split, max_examples=0) -> np.ndarray:
     """The images of a dataset split (at most max_examples, 0 = all) as one float32 (N, S, S, C) array in [0,1]."""
-    config = config.copy_and_resolve_references()
-    with config.unlocked():
-        config.data.image_size = image_size or config.data.image_size
-    return np.concatenate(list(split_batches(config, split, max_examples=max_examples)))
+    return np.concatenate(list(split_batches(data_settings, split, max_examples=max_examples)))
 
 
-def digits_split(config, split):
+def digits_split(data_settings, split):
     """(images (N, S, S, 1) in [0,1] at data.image_size, labels (N,)) of the project's digits split."""
     from sklearn.datasets import load_digits
     digits = load_digits()
@@ -75,13 +74,13 @@ def digits_split(config, split):
     # resize), so labels are recovered by exact lookup instead of repeating the split's definition here.
     # Pixels are k/16: rounding makes the key immune to the scaler's float round trip.
     label_of = {img.astype(np.uint8).tobytes(): int(y) for img, y in zip(digits.images, digits.target)}
-    native = np.round(split_images(config, split, image_size=8) * 16).astype(np.uint8)
+    native = np.round(split_images(dataclasses.replace(data_settings, image_size=8), split) * 16).astype(np.uint8)
     try:
         labels = np.array([label_of[x[..., 0].tobytes()] for x in native])
     except KeyError as e:
         raise ValueError('digits images no longer match scikit-learn\'s at 8x8: data.py changed the digits '
                          'preprocessing; update metrics/proxy.py to match') from e
-    return split_images(config, split), labels
+    return split_images(data_settings, split), labels
 
 
 def _init(key, d_in):
@@ -107,10 +106,10 @@ def _logits(params, x):
     return _hidden(params, x) @ params[f'w{n}'] + params[f'b{n}']
 
 
-def train_digits_classifier(config):
+def train_digits_classifier(data_settings):
     """(params, test accuracy) of the MLP trained on the digits train split at data.image_size."""
-    x, y = digits_split(config, 'train')
-    x_test, y_test = digits_split(config, 'test')
+    x, y = digits_split(data_settings, 'train')
+    x_test, y_test = digits_split(data_settings, 'test')
     x, x_test = pixel_features(x), pixel_features(x_test)
     tx = optax.adam(LEARNING_RATE)
 
@@ -132,20 +131,16 @@ def train_digits_classifier(config):
 class DigitsFeatures:
     """Feature extractor of the cached digits classifier: __call__ (N, S, S, 1) images -> (N, 64) features."""
 
-    def __init__(self, config, cache_dir):
-        size = config.data.image_size
+    def __init__(self, data_settings, cache_dir):
+        size = data_settings.image_size
         path = os.path.join(cache_dir, f'proxy_classifier_digits_{size}.npz')
         if os.path.exists(path):
             with np.load(path) as f:
                 self.params = {k: jnp.asarray(f[k]) for k in f.files if k != 'test_accuracy'}
                 self.test_accuracy = float(f['test_accuracy'])
         else:
-            self.params, self.test_accuracy = train_digits_classifier(config)
-            os.makedirs(cache_dir, exist_ok=True)
-            tmp = path + '.tmp'
-            with open(tmp, 'wb') as f:
-                np.savez(f, test_accuracy=self.test_accuracy, **self.params)
-            os.replace(tmp, path)  # atomic: a concurrent or killed run never sees half a file
+            self.params, self.test_accuracy = train_digits_classifier(data_settings)
+            atomic_npz(path, test_accuracy=self.test_accuracy, **self.params)  # concurrent runs never see half
             logging.info('trained the proxy digits classifier (test accuracy %.3f), cached at %s',
                          self.test_accuracy, path)
         self._fn = jax.jit(_hidden)
@@ -154,12 +149,11 @@ class DigitsFeatures:
         return np.asarray(self._fn(self.params, jnp.asarray(pixel_features(images))))
 
 
-def proxy_feature_fns(config, cache_dir) -> dict:
-    """{name: images (N, H, W, C) -> features (N, D)} of the proxy metrics that apply to the config's data."""
+def proxy_feature_fns(data_settings, cache_dir) -> dict:
+    """{name: images (N, H, W, C) -> features (N, D)} of the proxy metrics that apply to the data."""
     fns = {}
-    shape = (config.data.image_size, config.data.image_size, config.data.num_channels)
-    if pixel_fd_applies(shape):
+    if pixel_fd_applies(data_settings.shape):
         fns['pixel'] = pixel_features
-    if config.data.dataset == 'digits':
-        fns['digits_classifier'] = DigitsFeatures(config, cache_dir)
+    if data_settings.dataset == 'digits':
+        fns['digits_classifier'] = DigitsFeatures(data_settings, cache_dir)
     return fns

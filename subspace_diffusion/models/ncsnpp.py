@@ -38,7 +38,7 @@ NAMES = ("ncsnpp", "ddpmpp")  # config.model.name: DDPM++ is NCSN++ under other 
 
 @dataclasses.dataclass(frozen=True)
 class Network:
-    """Architecture of one score network (config.model, plus the data range and full-space size)."""
+    """Architecture of one score network (config.model, plus the data range and full-space size; settings.py)."""
 
     nf: int = 128
     ch_mult: tuple = (1, 2, 2, 2)
@@ -63,6 +63,10 @@ class Network:
     image_size: int = 32  # full-space resolution: fixes the attention depths under 'depth' placement
 
     def __post_init__(self):
+        for field in _OPTIONS:
+            object.__setattr__(self, field, getattr(self, field).lower())
+        for field in ('ch_mult', 'attn_resolutions', 'fir_kernel'):
+            object.__setattr__(self, field, tuple(getattr(self, field)))
         for field, allowed in _OPTIONS.items():
             if getattr(self, field) not in allowed:
                 raise ValueError(f"config.model.{field}={getattr(self, field)!r} is not one of {allowed}")
@@ -71,21 +75,6 @@ class Network:
         if self.scale_by_sigma and self.embedding_type == "positional":
             raise ValueError("config.model.scale_by_sigma=True needs embedding_type='fourier' (time labels are "
                              "sigmas only there); set config.model.scale_by_sigma=False")
-
-    @classmethod
-    def from_config(cls, config) -> "Network":
-        """From a config's `model` section and `data.centered` / `data.image_size`."""
-        m = config.model
-        if m.name.lower() not in NAMES:
-            raise ValueError(f"config.model.name={m.name!r} is not one of {NAMES}")
-        fields = {f.name: m[f.name] for f in dataclasses.fields(cls) if f.name in m}
-        for f in ("resblock_type", "progressive", "progressive_input", "progressive_combine", "embedding_type",
-                  "attention_placement"):
-            if f in fields:
-                fields[f] = fields[f].lower()
-        for f in ("ch_mult", "attn_resolutions", "fir_kernel"):
-            fields[f] = tuple(fields[f])
-        return cls(**fields, centered=bool(config.data.centered), image_size=int(config.data.image_size))
 
     def min_divisor(self) -> int:
         """H and W of an input must be multiples of this: 2^(len(ch_mult) - 1)."""

@@ -6,13 +6,7 @@ score. VP / sub-VP: labels are 999 t and the score is -output / sigma(t).
 """
 import jax.numpy as jnp
 
-from subspace_diffusion.models.ncsnpp import NCSNpp, Network
-from subspace_diffusion.sde import _bcast
-
-
-def create_model(config) -> NCSNpp:
-    """The score network of a config (NCSN++ / DDPM++ by config.model)."""
-    return NCSNpp(net=Network.from_config(config))
+from subspace_diffusion.sde import bcast
 
 
 def init_params(model, key, shape, batch=1):
@@ -43,6 +37,6 @@ def get_score_fn(model, sde, params, train=False, dropout_rng=None):
     else:
         def score_fn(x, t):
             out = model_fn(x, t * 999.0)
-            return -out / _bcast(sde.sigma(t), out)
+            return -out / bcast(sde.sigma(t), out)
 
     return score_fn

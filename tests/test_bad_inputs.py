@@ -1,0 +1,212 @@
+"""Bad input, tried as a new user would: every case ends in one line naming the problem and the fix, a non-zero
+exit, and nothing lost (the previous checkpoint, the record of what was trained)."""
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from subspace_diffusion import applications, loading, quality, train
+from subspace_diffusion.experiment import Experiment
+from tiny import tiny_flags, tiny_settings
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(TESTS)
+
+
+def _main(*args, **overrides):
+    """main.py with the tiny settings -> (return code, stderr)."""
+    env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=os.pathsep.join([ROOT, TESTS]))
+    out = subprocess.run([sys.executable, os.path.join(ROOT, 'main.py'), *tiny_flags(**overrides), *args], env=env,
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+    return out.returncode, out.stderr
+
+
+def _one_error_line(rc, stderr, expected):
+    """Non-zero exit, no traceback, and the last line is 'error: ...' containing `expected`."""
+    last = stderr.strip().splitlines()[-1]
+    assert rc != 0 and 'Traceback' not in stderr and last.startswith('error: ') and expected in last, stderr[-2000:]
+    return last
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+    """A workdir of the tiny config trained 2 steps (checkpoint at step 2)."""
+    path = tmp_path_factory.mktemp('trained')
+    train.train(tiny_settings(training__n_iters=2), path)
+    return path
+
+
+def _copy(trained, tmp_path):
+    shutil.copytree(trained, tmp_path / 'run')
+    return tmp_path / 'run'
+
+
+def test_unknown_field_lists_close_names_and_a_missing_config_file(tmp_path):
+    rc, err = _main(f'--workdir={tmp_path}', '--mode=train', '--config.training.batchsize=4')
+    last = _one_error_line(rc, err, '--config.training.batchsize is not a field of configs/quick_digits.py')
+    assert 'did you mean --config.training.batch_size' in last
+    rc, err = _main(f'--workdir={tmp_path}', '--mode=train', '--config=configs/nothere.py')
+    _one_error_line(rc, err, 'config file not found: --config=configs/nothere.py')
+    assert not os.listdir(tmp_path)  # nothing was written
+
+
+@pytest.mark.parametrize('overrides,expected', [
+    ({'training__batch_size': 0}, 'config.training.batch_size: must be >= 1'),
+    ({'training__n_iters': 5}, 'config.training.n_iters: 5 is not a multiple of training.n_jitted_steps=2'),
+    ({'data__dataset': 'mnist'}, "config.data.dataset: unknown dataset 'mnist'"),
+    ({'subspace__cutoffs': (0.3, 0.6)}, 'subspace.cutoffs has 2 value(s) but the chain has 1 level'),
+    ({'eval__cond_mask': 'half'}, "config.eval.cond_mask: 'half' is neither a mask name"),
+    ({'data__dataset': 'folder'}, "config.data.data_dir: dataset 'folder' needs the folder of images"),
+])
+def test_bad_settings_are_one_line_before_anything_is_written(tmp_path, overrides, expected):
+    rc, err = _main(f'--workdir={tmp_path / "w"}', '--mode=train', **overrides)
+    _one_error_line(rc, err, expected)
+    assert not (tmp_path / 'w').exists()  # validated before the workdir or its config record is written
+
+
+def test_workdir_that_is_a_file_or_under_a_file(tmp_path):
+    (tmp_path / 'file').write_text('x')
+    rc, err = _main(f'--workdir={tmp_path / "file"}', '--mode=train')
+    _one_error_line(rc, err, 'is a file, not a directory: choose another --workdir')
+    rc, err = _main(f'--workdir={tmp_path / "file" / "run"}', '--mode=train')
+    _one_error_line(rc, err, 'cannot be written (a part of the path is a file): choose another --workdir')
+
+
+@contextlib.contextmanager
+def _tmpfs(path, options):
+    """A tmpfs mounted at `path` for the test (needs root and CAP_SYS_ADMIN; skips elsewhere)."""
+    path.mkdir()
+    if os.geteuid() != 0 or subprocess.run(['mount', '-t', 'tmpfs', '-o', options, 'tmpfs', str(path)],
+                                           capture_output=True).returncode:
+        pytest.skip('mounting a tmpfs needs root with CAP_SYS_ADMIN')
+    try:
+        yield path
+    finally:
+        subprocess.run(['umount', '-l', str(path)], check=False)
+
+
+def test_read_only_workdir(tmp_path):
+    if os.geteuid() != 0:  # an ordinary user: permissions make it read-only
+        (tmp_path / 'ro').mkdir(mode=0o555)
+        context = contextlib.nullcontext(tmp_path / 'ro')
+    else:  # root ignores permissions: a read-only file system
+        context = _tmpfs(tmp_path / 'ro', 'ro,size=1m')
+    with context as workdir:
+        rc, err = _main(f'--workdir={workdir / "run"}', '--mode=train')
+        _one_error_line(rc, err, 'cannot be written (')
+
+
+def test_disk_full_during_a_save_keeps_the_previous_checkpoint(trained, tmp_path):
+    with _tmpfs(tmp_path / 'disk', 'size=2m') as disk:
+        run = shutil.copytree(trained, disk / 'run')
+        free = shutil.disk_usage(disk).free
+        (disk / 'filler').write_bytes(b'\0' * (free - 48_000))  # room for logs, not for another checkpoint
+        rc, err = _main(f'--workdir={run}', '--mode=train', training__n_iters=4)
+        _one_error_line(rc, err, 'the last good checkpoint (step 2) is intact')
+        (disk / 'filler').unlink()
+        _, state, step = loading.load_state(tiny_settings(), run)
+        assert step == 2 and int(state.step) == 2
+
+
+def test_unreadable_image_in_the_folder_is_named(tmp_path):
+    folder = tmp_path / 'images'
+    folder.mkdir()
+    for i in range(4):
+        Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(folder / f'{i}.png')
+    (folder / 'broken.png').write_bytes(b'not a png')
+    rc, err = _main(f'--workdir={tmp_path / "w"}', '--mode=train', data__dataset='folder', data__data_dir=str(folder))
+    _one_error_line(rc, err, f'cannot read image {folder / "broken.png"}')
+
+
+def test_checkpoint_of_another_model_setting_names_the_fields(trained, tmp_path):
+    run = _copy(trained, tmp_path)
+    rc, err = _main(f'--workdir={run}', '--mode=train', model__nf=16, model__dropout=0.1, training__n_iters=4)
+    last = _one_error_line(rc, err, 'was trained with other settings')
+    assert 'model.nf: checkpoint 8, config 16' in last and 'model.dropout: checkpoint 0.0, config 0.1' in last
+
+
+def test_statistics_are_kept_per_chain(tmp_path):
+    one, two = tiny_settings(subspace__levels=1), tiny_settings(subspace__levels=2, subspace__cutoffs=(0.3, 0.6))
+    for settings in (one, two):
+        Experiment(settings, levels=(0,)).load_stats(tmp_path)
+    files = sorted(f for f in os.listdir(tmp_path) if f.startswith('subspace_stats_') and f.endswith('.npz'))
+    assert len(files) == 2  # two chains, two files: neither overwrote the other
+    for settings in (one, two):
+        exp = Experiment(settings, levels=(0,))
+        assert exp.load_stats(tmp_path).signature == exp.chain.signature()
+    # Pointing a 2-level run at the 1-level chain's file: an error that leaves that file alone.
+    stats_of_one = Experiment(one, levels=(0,)).stats_path(tmp_path)
+    wrong = tiny_settings(subspace__levels=2, subspace__cutoffs=(0.3, 0.6), subspace__stats_path=stats_of_one)
+    with pytest.raises(ValueError, match='point config.subspace.stats_path at statistics of this chain') as e:
+        Experiment(wrong, levels=(0,)).load_stats(tmp_path)
+    assert 'overwrite' not in str(e.value) and '--mode=subspace_stats' not in str(e.value)
+
+
+def test_reference_statistics_follow_the_folder(tmp_path):
+    folder = tmp_path / 'images'
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((8, 8), 60 * i, np.uint8)).save(folder / f'{i}.png')
+    settings = tiny_settings(data__dataset='folder', data__data_dir=str(folder))
+    before = quality.ref_stats_path(settings, str(tmp_path))
+    assert quality.ref_stats_path(settings, str(tmp_path)) == before  # the same folder: the same cache
+    Image.fromarray(np.full((8, 8), 255, np.uint8)).save(folder / '3.png')
+    assert quality.ref_stats_path(settings, str(tmp_path)) != before  # another image: computed anew
+    other = tmp_path / 'other'
+    shutil.copytree(folder, other)
+    assert quality.ref_stats_path(tiny_settings(data__dataset='folder', data__data_dir=str(other)),
+                                  str(tmp_path)) != quality.ref_stats_path(settings, str(tmp_path))
+
+
+def test_mask_of_the_wrong_size_is_an_error(tmp_path):
+    Image.fromarray(np.full((4, 4), 255, np.uint8)).save(tmp_path / 'mask.png')
+    settings = tiny_settings(eval__cond_mask=str(tmp_path / 'mask.png'))
+    with pytest.raises(ValueError, match=r'mask image .* is 4x4, the images are 8x8 .*give a mask of that size'):
+        applications.inpaint_masks(settings, 2, (8, 8, 1))
+    Image.fromarray(np.full((8, 8), 255, np.uint8)).save(tmp_path / 'mask.png')
+    assert applications.inpaint_masks(settings, 2, (8, 8, 1)).shape == (2, 8, 8, 1)
+
+
+def test_non_finite_before_any_checkpoint_says_so(tmp_path):
+    with pytest.raises(FloatingPointError, match=r'training stopped, no checkpoint yet;'):
+        train.train(tiny_settings(optim__lr=3e38, optim__warmup=0), tmp_path)  # the first update overflows
+
+
+def test_ctrl_c_saves_like_sigterm(tmp_path):
+    env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=os.pathsep.join([ROOT, TESTS]))
+    log = tmp_path / 'log'
+    with open(log, 'w') as f:
+        run = subprocess.Popen([sys.executable, os.path.join(ROOT, 'main.py'), '--mode=train', f'--workdir={tmp_path}',
+                                *tiny_flags(training__n_iters=100_000, training__snapshot_freq=100_000,
+                                            training__snapshot_freq_for_preemption=100_000)],
+                               env=env, stderr=f, cwd=ROOT)
+        deadline = time.time() + 240
+        while 'it/s' not in open(log).read() and run.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        run.send_signal(signal.SIGINT)
+        assert run.wait(timeout=120) == 130, open(log).read()[-3000:]
+    text = open(log).read()
+    assert 'SIGINT: saved step' in text and 'Traceback' not in text
+    _, _, step = loading.load_state(tiny_settings(), tmp_path)
+    assert step > 0
+
+
+def test_the_training_record_is_written_after_validation_and_never_overwritten(trained, tmp_path):
+    run = _copy(trained, tmp_path)  # trained in-process: no record yet
+    rc, _ = _main(f'--workdir={run}', '--mode=train', training__n_iters=2)  # already done: nothing to train
+    assert rc == 0
+    first = json.load(open(run / 'config_train.json'))
+    rc, err = _main(f'--workdir={run}', '--mode=train', training__n_iters=4)
+    assert rc == 0, err[-2000:]
+    assert json.load(open(run / 'config_train.json')) == first  # the first run's record stays
+    resumed = json.load(open(run / 'config_train_resumed_1.json'))
+    assert resumed['training']['n_iters'] == 4 and first['training']['n_iters'] == 2
+    assert 'settings differ from the first run (training.n_iters)' in err
