@@ -23,6 +23,7 @@ def get_config():
     # Sources: score_sde_pytorch configs/ve/cifar10_ncsnpp_continuous.py (predictor, corrector, snr, num_scales)
     # and subspace-diffusion's subspace_sample.py (eps, conditional Langevin) and README (cond_snr for CIFAR-10 VE).
     config.sampling = sampling = ml_collections.ConfigDict()
+    # pc (predictor-corrector), ode (adaptive Dormand-Prince), ode_heun (EDM's Heun) or dpm_solver++ (2M)
     sampling.method = "pc"
     sampling.predictor = "reverse_diffusion"
     sampling.corrector = "langevin"
@@ -35,6 +36,12 @@ def get_config():
     sampling.cond_snr = 0.22  # --langevin_snr for CIFAR-10 NCSN++
     # VP / sub-VP Langevin step times alpha_i as score-SDE; the reference leaves sub-VP's unscaled. No effect for VE.
     sampling.scale_langevin = True
+    # ode_heun / dpm_solver++: the effective NFE of a sample (sum of n_level / d per network call), how it is
+    # split over the stages ('log_sigma': equal steps per unit of log sigma; 'cost': equal budget per unit),
+    # and Heun's EDM time discretisation.
+    sampling.nfe_budget = 35.0
+    sampling.budget_rule = "log_sigma"
+    sampling.rho = 7.0
 
     config.eval = evaluate = ml_collections.ConfigDict()
     # Local FID-Inception weights (pytorch-fid state_dict as .npz or .pth); see subspace_diffusion/metrics/inception.py.
@@ -111,6 +118,9 @@ def get_config():
     model.progressive_input = "residual"
     model.progressive_combine = "sum"
     model.init_scale = 0.0
+    # Vector levels (subspace.kind='pca') have no image layout: a residual MLP with NCSN++'s time embedding.
+    model.mlp_width = 512
+    model.mlp_blocks = 4
 
     config.optim = optim = ml_collections.ConfigDict()
     optim.weight_decay = 0.0

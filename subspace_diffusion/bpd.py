@@ -23,7 +23,8 @@ def bits_per_dim(exp: Experiment, stats, params, mesh) -> dict:
     s = exp.settings
     ev = s.eval
     x01 = proxy.split_images(s.data, ev.bpd_dataset, max_examples=ev.bpd_num_examples)
-    bs = ev.batch_size
+    n_dev = mesh.devices.size
+    bs = min(ev.batch_size, -(-len(x01) // n_dev) * n_dev)  # no padding beyond what the examples need
     scaler = data.get_scaler(s.data.centered)
     sharding = parallel.batch_sharding(mesh)
     subspace = exp.sampling_subspace(stats)

@@ -19,8 +19,10 @@ from absl import logging
 from subspace_diffusion import data
 from subspace_diffusion.files import atomic_json
 from subspace_diffusion.losses import dsm_loss
+from subspace_diffusion.models.mlp import MLPScore
 from subspace_diffusion.models.ncsnpp import NCSNpp
 from subspace_diffusion.models.score import get_score_fn
+from subspace_diffusion.ode_sampling import SOLVERS, make_ode_sampler
 from subspace_diffusion.sampling import make_sampler
 from subspace_diffusion.sde import bcast
 from subspace_diffusion.settings import Settings
@@ -61,14 +63,17 @@ class Experiment:
         self.levels = tuple(sorted(set(int(k) for k in levels)))
         if not self.levels or any(not 0 <= k <= K for k in self.levels):
             raise ValueError(f'levels {list(levels)} are not levels of the {K}-level chain (0..{K})')
-        for k in self.levels:
-            if len(self.level_shape(k)) != 3:
-                raise ValueError(f'config.subspace.kind={settings.subspace.kind!r} gives level-{k} coordinates of '
-                                 f'shape {self.level_shape(k)}, not an image: a level-k network needs '
-                                 f"subspace.kind='pooling' or 'patch_pca'")
         self.shared = shared
         self.network = settings.network
-        self.model = NCSNpp(net=self.network)
+        self.model = NCSNpp(net=self.network)  # image levels; vector (PCA) levels get an MLP
+        self.vector_model = MLPScore(net=settings.vector_network)
+        if shared and len({self.model_of(k) is self.model for k in self.levels}) > 1:
+            raise ValueError('one shared network cannot serve both image and vector (PCA) levels: set '
+                             'config.subspace.shared_params=False')
+
+    def model_of(self, k: int):
+        """The network module of level k: NCSN++ for image coordinates, the MLP for vectors."""
+        return self.model if len(self.level_shape(k)) == 3 else self.vector_model
 
     @property
     def num_levels(self) -> int:
@@ -102,14 +107,15 @@ class Experiment:
             name = self.param_key(k)
             if name not in params:
                 x = jnp.zeros((1,) + self.level_shape(k), jnp.float32)
-                variables = self.model.init({'params': jax.random.fold_in(key, k), 'dropout': key}, x,
-                                            jnp.ones((1,)), train=False)
+                variables = self.model_of(k).init({'params': jax.random.fold_in(key, k), 'dropout': key}, x,
+                                                  jnp.ones((1,)), train=False)
                 params[name] = variables['params']
         return params
 
     def score_fn(self, params: dict, k: int, train=False, dropout_rng=None):
         """Level-k score callable s_k(x (B, *level_shape(k)), t (B,)); params {name: params}."""
-        score = get_score_fn(self.model, self.sde, params[self.param_key(k)], train=train, dropout_rng=dropout_rng)
+        score = get_score_fn(self.model_of(k), self.sde, params[self.param_key(k)], train=train,
+                             dropout_rng=dropout_rng)
         offset = self.input_offset(k)
         if offset is None:
             return score
@@ -215,18 +221,20 @@ class Experiment:
     def sampler(self, stats, sharding=None):
         """(jitted sample(params, key, n) -> (n, H, W, C) model-space images, effective NFE) for the levels.
 
-        All levels 0..K: the multi-level sampler. Only level 0: the full-space sampler. Only a level
+        The PC sampler, or a fixed-step ODE solver (sampling.method). All levels 0..K: the multi-level sampler. Only level 0: the full-space sampler. Only a level
         k > 0 (a training run of one subspace level): that level alone from T down to t_k, denoised
         there and shown up-projected.
         """
-        cfg = self.settings.sampling.pc
+        sampling = self.settings.sampling
+        fixed_ode = sampling.method in SOLVERS
+        cfg, make = (sampling.ode_config(), make_ode_sampler) if fixed_ode else (sampling.pc, make_sampler)
         if len(self.levels) == 1 and self.levels[0]:
             top = self.levels[0]
             cfg = dataclasses.replace(cfg, eps=self.cutoffs[top - 1])
-            sample, nfe = make_sampler(self.sde, cfg, lambda params: [self.score_fn(params, top)],
-                                       shape=self.level_shape(top), sharding=sharding)
+            sample, nfe = make(self.sde, cfg, lambda params: [self.score_fn(params, top)],
+                               shape=self.level_shape(top), sharding=sharding)
             up = jax.jit(lambda x: self.chain.up(x, top))
             return (lambda params, key, n: up(sample(params, key, n))), nfe * self.chain.dim(top) / self.chain.dim(0)
-        return make_sampler(self.sde, cfg, lambda params: [self.score_fn(params, k) for k in self.levels],
-                            self.sampling_subspace(stats), self.level_shape(0), sharding)
+        return make(self.sde, cfg, lambda params: [self.score_fn(params, k) for k in self.levels],
+                    self.sampling_subspace(stats), self.level_shape(0), sharding)
 

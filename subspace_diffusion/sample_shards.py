@@ -30,7 +30,7 @@ def make_sample_fn(exp: Experiment, stats, mesh, batch_size):
     """(fn(params, key) -> (images (batch_size, H, W, C) model space, NFE), what the NFE counts)."""
     settings = exp.settings
     sharding = parallel.batch_sharding(mesh)
-    if settings.sampling.method == 'pc':
+    if settings.sampling.method != 'ode':
         sample, nfe = exp.sampler(stats, sharding=sharding)
         return (lambda params, key: (sample(params, key, batch_size), nfe)), 'effective (sum of n_level / d per call)'
     ev, cfg = settings.eval, settings.sampling.pc

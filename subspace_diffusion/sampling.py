@@ -111,15 +111,22 @@ def sampling_eps(sde: SDE, cfg: SamplerConfig) -> float:
     return sde.sampling_eps if cfg.eps is None else cfg.eps
 
 
+def calls_per_level(cfg: SamplerConfig, spans) -> dict:
+    """{level k: network calls the PC sampler makes at level k} for the grid split `spans`."""
+    per_point = (cfg.predictor != 'none') + (cfg.corrector != 'none') * cfg.n_corrector_steps
+    calls = {k: (stop - start) * per_point for k, (start, stop) in spans.items()}
+    calls[0] += cfg.denoise - (cfg.predictor != 'none')  # Tweedie at the end; no predictor after the last point
+    for k in spans:
+        if k >= 1:  # conditional Langevin after the lift from level k runs at level k - 1
+            calls[k - 1] += cfg.cond_langevin_steps
+    return calls
+
+
 def effective_nfe(cfg: SamplerConfig, subspace: Optional[Subspace], spans) -> float:
     """Sum over network calls of n_level / d (SPEC section 3)."""
     chain = subspace.chain if subspace is not None else None
     dim = (lambda k: chain.dim(k) / chain.dim(0)) if chain is not None else (lambda k: 1.0)
-    per_point = (cfg.predictor != 'none') + (cfg.corrector != 'none') * cfg.n_corrector_steps
-    nfe = sum((stop - start) * per_point * dim(k) for k, (start, stop) in spans.items())
-    nfe -= (cfg.predictor != 'none') * dim(0)  # no predictor step after the last grid point
-    nfe += sum(cfg.cond_langevin_steps * dim(k - 1) for k in spans if k >= 1)
-    return float(nfe + cfg.denoise * dim(0))
+    return float(sum(n * dim(k) for k, n in calls_per_level(cfg, spans).items()))
 
 
 def pc_sample(key, batch_size: int, sde: SDE, score_fns: Sequence[Callable], cfg: SamplerConfig,

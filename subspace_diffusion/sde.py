@@ -80,6 +80,20 @@ class SDE:
             return self.beta(t)
         return self.beta(t) * -jnp.expm1(-2 * self.B(t))
 
+    def noise_ratio(self, t):
+        """sigma(t) / alpha(t): the noise level of y = x / alpha, the time of the probability-flow ODE dy/dr = (y - D)/r."""
+        return self.sigma(t) / self.alpha(t)
+
+    def t_of_noise_ratio(self, r):
+        """The time t with sigma(t) / alpha(t) = r (inverse of `noise_ratio`, any array shape)."""
+        r = jnp.asarray(r)
+        if self.kind == 've':
+            return jnp.log(r / self.sigma_min) / math.log(self.sigma_max / self.sigma_min)
+        # VP: r^2 = exp(B) - 1; sub-VP: r = 2 sinh(B / 2). Then B(t) = b_min t + (b_max - b_min) t^2 / 2.
+        B = jnp.log1p(r ** 2) if self.kind == 'vp' else 2 * jnp.arcsinh(r / 2)
+        a, b = 0.5 * (self.beta_max - self.beta_min), self.beta_min
+        return 2 * B / (b + jnp.sqrt(b ** 2 + 4 * a * B))
+
     def transition(self, t, s):
         """Exact forward kernel from t to a later s: x_s = r x_t + sqrt(q) z; returns (r, q)."""
         r = self.alpha(s) / self.alpha(t)

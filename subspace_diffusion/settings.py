@@ -12,12 +12,15 @@ from typing import Optional
 
 from subspace_diffusion.conditional import MASKS
 from subspace_diffusion.data import DATASETS, dataset_key
+from subspace_diffusion.models.mlp import VectorNetwork
 from subspace_diffusion.models.ncsnpp import NAMES, Network
+from subspace_diffusion.ode_sampling import SOLVERS, ODESamplerConfig
 from subspace_diffusion.sampling import SamplerConfig
 from subspace_diffusion.sde import SDE
 from subspace_diffusion.subspaces import check_cutoffs
 
 CHAIN_KINDS = ('pooling', 'pca', 'patch_pca')
+SAMPLING_METHODS = ('pc', 'ode', *SOLVERS)  # 'ode': the adaptive Dormand-Prince solve
 ALL_LEVELS = -1  # subspace.train_level value that trains every level of the chain in one run
 
 
@@ -201,13 +204,24 @@ class Eval:
 
 @dataclasses.dataclass(frozen=True)
 class Sampling:
-    """config.sampling: the PC sampler's settings, or the probability-flow ODE."""
+    """config.sampling: the method (PC, adaptive ODE, Heun, DPM-Solver++) and its settings."""
 
     method: str
-    pc: SamplerConfig
+    pc: SamplerConfig  # the PC sampler, and the grid end (eps) and final denoising of every method
+    nfe_budget: float  # fixed-step ODE solvers: effective NFE of a sample
+    budget_rule: str  # ... how that budget is split over the stages (ode_sampling.py)
+    rho: float  # ... Heun's EDM time discretisation
 
     def __post_init__(self):
-        _require(self.method in ('pc', 'ode'), 'sampling.method', f"must be 'pc' or 'ode', got {self.method!r}")
+        _require(self.method in SAMPLING_METHODS, 'sampling.method',
+                 f'must be one of {SAMPLING_METHODS}, got {self.method!r}')
+        self.ode_config()  # checks the budget, rule and rho
+
+    def ode_config(self) -> ODESamplerConfig:
+        """The fixed-step ODE sampler of these settings (Heun when the method is another)."""
+        return ODESamplerConfig(method=self.method if self.method in SOLVERS else 'ode_heun',
+                                nfe_budget=self.nfe_budget, budget_rule=self.budget_rule, rho=self.rho,
+                                eps=self.pc.eps, denoise=self.pc.denoise)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,6 +230,7 @@ class Settings:
 
     data: Data
     network: Network
+    vector_network: VectorNetwork  # the score network of vector (PCA) levels
     sde: SDE
     sampling: Sampling
     subspace: SubspaceSettings
@@ -241,6 +256,9 @@ class Settings:
             _require(size % self.network.min_divisor() == 0, 'model.ch_mult',
                      f'{len(self.network.ch_mult)} resolutions need inputs divisible by {self.network.min_divisor()}, '
                      f'but a level is {size}x{size}: use a shorter ch_mult or another data.image_size')
+        if sub.shared_params and sub.kind == 'pca' and sub.levels:
+            raise ValueError('config.subspace.shared_params: PCA levels are vectors, served by another network than '
+                             'the full-space images: set subspace.shared_params=False')
         if sub.shared_params and len(set(sizes)) > 1:
             _require(self.network.attention_placement == 'depth', 'model.attention_placement',
                      "subspace.shared_params=True runs one network at several resolutions, which needs the same "
@@ -258,9 +276,14 @@ class Settings:
                                extra={'centered': data.centered, 'image_size': data.image_size})
         pc = reader.build('sampling', SamplerConfig, rename={'n_corrector_steps': 'n_steps_each',
                                                              'denoise': 'noise_removal'})
+        vector_network = VectorNetwork.like(network, reader.value('model', 'mlp_width', int),
+                                            reader.value('model', 'mlp_blocks', int))
         settings = cls(
-            data=data, network=network, sde=sde,
-            sampling=Sampling(method=reader.value('sampling', 'method', str), pc=pc),
+            data=data, network=network, vector_network=vector_network, sde=sde,
+            sampling=Sampling(method=reader.value('sampling', 'method', str), pc=pc,
+                              nfe_budget=reader.value('sampling', 'nfe_budget', float),
+                              budget_rule=reader.value('sampling', 'budget_rule', str),
+                              rho=reader.value('sampling', 'rho', float)),
             subspace=reader.build('subspace', SubspaceSettings),
             training=reader.build('training', Training, exclude=('ema_rate',),
                                   extra={'ema_rate': reader.value('model', 'ema_rate', float)}),

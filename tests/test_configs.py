@@ -25,7 +25,7 @@ SHRINK = {
     'model.nf': 8, 'model.num_res_blocks': 1, 'model.ch_mult': (1,),
     'training.batch_size': 4, 'training.n_iters': 2, 'training.n_jitted_steps': 1, 'training.log_freq': 1,
     'training.snapshot_freq': 2, 'training.snapshot_freq_for_preemption': 2, 'training.snapshot_sampling': True,
-    'training.snapshot_samples': 4, 'sampling.num_steps': 6, 'subspace.train_level': -1,
+    'training.snapshot_samples': 4, 'sampling.num_steps': 10, 'subspace.train_level': -1,
 }
 
 

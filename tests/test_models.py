@@ -9,10 +9,12 @@ import pytest
 from scipy.signal import convolve2d
 
 from configs import quick_digits
+from subspace_diffusion.experiment import Experiment
 from subspace_diffusion.models import layers
 from subspace_diffusion.models.ncsnpp import NCSNpp
 from subspace_diffusion.models.score import get_score_fn, init_params
 from subspace_diffusion.settings import Settings
+from tiny import tiny_settings
 
 
 def _shape(config, resolution=None):
@@ -169,3 +171,22 @@ def test_bad_inputs_raise():
     bad = _tiny(embedding_type="positional", scale_by_sigma=True)
     with pytest.raises(ValueError, match="scale_by_sigma=False"):
         create_model(bad)
+
+
+def test_vector_network_for_pca_levels():
+    settings = tiny_settings(subspace__kind='pca', subspace__levels=2, subspace__cutoffs=(0.3, 0.6),
+                             model__mlp_width=32, model__mlp_blocks=2)
+    exp = Experiment(settings, levels=(0, 1, 2))
+    assert [exp.level_shape(k) for k in range(3)] == [(8, 8, 1), (16,), (4,)]
+    assert exp.model_of(0) is exp.model and exp.model_of(1) is exp.vector_model
+    params = exp.init_params(jax.random.PRNGKey(0))
+    x, t = jax.random.normal(jax.random.PRNGKey(1), (3, 16)), jnp.array([0.1, 0.5, 0.9])
+    score = exp.score_fn(params, 1)(x, t)
+    assert score.shape == (3, 16) and bool(jnp.all(jnp.isfinite(score)))
+    # VE with scale_by_sigma: the output is divided by sigma(t), as NCSN++'s, so it grows as t falls.
+    raw = exp.vector_model.apply({"params": params["level_1"]}, x, exp.sde.sigma(t), train=False)
+    np.testing.assert_allclose(score, raw, rtol=1e-6)
+    total, per_level = exp.loss(params, jnp.ones((2, 8, 8, 1)), jax.random.PRNGKey(2))
+    assert set(per_level) == {0, 1, 2} and np.isfinite(total)
+    with pytest.raises(ValueError, match='PCA levels are vectors'):
+        tiny_settings(subspace__kind='pca', subspace__levels=1, subspace__cutoffs=(0.5,), subspace__shared_params=True)

@@ -1,0 +1,64 @@
+"""Score network for vector coordinates (PCA levels): a residual MLP with the NCSN++ time conventions.
+
+A PCA subspace's level-k coordinates are a vector of n_k numbers with no image layout, so a U-Net does
+not apply. This network takes (B, n) and the same time labels as NCSN++ (sigma with a Fourier
+embedding of log sigma, or 999 t with the sinusoidal one), so `models/score.py` turns it into a score
+the same way; with `scale_by_sigma` its output is divided by sigma, as NCSN++'s.
+"""
+import dataclasses
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from subspace_diffusion.models import layers
+from subspace_diffusion.models.ncsnpp import Network
+
+
+@dataclasses.dataclass(frozen=True)
+class VectorNetwork:
+    """Width and depth of the MLP, and the time conventions it shares with the level-0 Network."""
+
+    width: int
+    blocks: int
+    embedding_type: str
+    fourier_scale: float
+    scale_by_sigma: bool
+    dropout: float
+
+    def __post_init__(self):
+        if self.width < 4 or self.blocks < 1:
+            raise ValueError(f'config.model.mlp_width={self.width} must be >= 4 and config.model.mlp_blocks='
+                             f'{self.blocks} >= 1')
+
+    @classmethod
+    def like(cls, net: Network, width: int, blocks: int) -> 'VectorNetwork':
+        """The MLP that uses `net`'s time embedding and output scaling."""
+        return cls(width, blocks, net.embedding_type, net.fourier_scale, net.scale_by_sigma, net.dropout)
+
+
+class MLPScore(nn.Module):
+    """x (B, n), time labels (B,) -> (B, n)."""
+    net: VectorNetwork
+
+    @nn.compact
+    def __call__(self, x, time_cond, train=True):
+        """x (B, n), labels (B,) (sigma for fourier, 999 t for positional) -> (B, n)."""
+        m = self.net
+        if m.embedding_type == 'fourier':
+            temb = layers.GaussianFourierProjection(embedding_size=m.width // 2, scale=m.fourier_scale)(
+                jnp.log(time_cond))
+        else:
+            temb = layers.timestep_embedding(time_cond, m.width)
+        temb = nn.Dense(m.width, kernel_init=layers.default_init())(nn.swish(
+            nn.Dense(m.width, kernel_init=layers.default_init())(temb)))
+        h = nn.Dense(m.width, kernel_init=layers.default_init())(x)
+        for _ in range(m.blocks):
+            # Pre-norm residual block with the time embedding added, as NCSN++'s ResNet blocks do.
+            r = nn.Dense(m.width, kernel_init=layers.default_init())(nn.swish(nn.LayerNorm()(h)))
+            r = r + nn.Dense(m.width, kernel_init=layers.default_init())(nn.swish(temb))
+            r = nn.Dropout(m.dropout)(nn.swish(nn.LayerNorm()(r)), deterministic=not train)
+            h = (h + nn.Dense(m.width, kernel_init=layers.default_init(0.0))(r)) / jnp.sqrt(2.0)
+        out = nn.Dense(x.shape[-1], kernel_init=layers.default_init(0.0))(nn.swish(nn.LayerNorm()(h)))
+        if m.scale_by_sigma:
+            out = out / time_cond[:, None]
+        return out
