@@ -17,6 +17,7 @@ Results: benchmarks/results/quality.json (per seed, mean and spread), docs/quali
 1-level | 2-level, the same seed), docs/quality_cutoffs.png (the pooling chain's Fisher divergence).
 """
 import argparse
+import collections
 import json
 import os
 import shutil
@@ -64,12 +65,18 @@ class Steps:
         print(f'[{len(self.done)}/{len(self.plan)}] {name} (elapsed {fmt_duration(elapsed)}, then about '
               f'{fmt_duration(left)} of planned work)\n  python main.py {" ".join(args)}', flush=True)
         start = time.perf_counter()
-        out = subprocess.run([sys.executable, os.path.join(ROOT, 'main.py'), *args], cwd=ROOT,
-                             env=dict(os.environ, JAX_COMPILATION_CACHE_DIR=self.cache,
-                                      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='1'),
-                             stderr=subprocess.PIPE, text=True)
-        if out.returncode:
-            sys.exit(f'step {name!r} failed:\n{out.stderr[-3000:]}')
+        # main.py logs its progress (steps, it/s, ETA) to stderr: pass it through, keep the tail for a failure
+        proc = subprocess.Popen([sys.executable, os.path.join(ROOT, 'main.py'), *args], cwd=ROOT,
+                                env=dict(os.environ, JAX_COMPILATION_CACHE_DIR=self.cache,
+                                         JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='1'),
+                                stderr=subprocess.PIPE, text=True)
+        tail = collections.deque(maxlen=40)
+        for line in proc.stderr:
+            tail.append(line)
+            sys.stdout.write('  | ' + line)
+            sys.stdout.flush()
+        if proc.wait():
+            sys.exit(f'step {name!r} failed:\n{"".join(tail)}')
         print(f'  took {fmt_duration(time.perf_counter() - start)}', flush=True)
 
 

@@ -44,7 +44,7 @@ def compilation_cache(tmp_path_factory):
 def _shrunk(name):
     config = importlib.import_module(f'configs.{name}').get_config()
     # Small images with the config's own pooling factor: one U-Net level at the subspace resolution.
-    size = 8 * config.subspace.factor ** config.subspace.levels
+    size = 4 * config.subspace.factor ** config.subspace.levels
     for key, value in {**SHRINK, 'data.image_size': size}.items():
         section, field = key.split('.')
         config[section][field] = value
