@@ -27,7 +27,7 @@ from results import save_result  # noqa: E402
 from subspace_diffusion import data, loading, quality  # noqa: E402
 from subspace_diffusion.experiment import Experiment  # noqa: E402
 from subspace_diffusion.progress import fmt_duration  # noqa: E402
-from subspace_diffusion.sampling import calls_per_level, sampling_eps, split_grid  # noqa: E402
+from subspace_diffusion.sampling import effective_nfe, sampling_eps, split_grid  # noqa: E402
 from subspace_diffusion.settings import Settings  # noqa: E402
 
 METHODS = ('pc', 'ode_heun', 'dpm_solver++')
@@ -51,8 +51,7 @@ def _pc_steps(settings, exp, stats, target):
             spans = split_grid(n, sampling_eps(settings.sde, pc), 1.0, cutoffs)[1]
         except ValueError:  # a stage without grid points
             continue
-        dims = [subspace.chain.dim(k) / subspace.chain.dim(0) for k in spans] if subspace else [1.0]
-        nfe = sum(c * dims[k] for k, c in calls_per_level(pc, spans).items())
+        nfe = effective_nfe(pc, subspace, spans)
         if best is None or abs(nfe - target) < abs(best[1] - target):
             best = (n, nfe)
     return best[0]

@@ -12,7 +12,6 @@ about 0.05 at 4,000 samples). Results: benchmarks/results/ode_convergence.json.
 import os
 import sys
 
-import jax
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -20,7 +19,6 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, 'tests'))
 from gaussian_case import make_case  # noqa: E402
 from results import save_result  # noqa: E402
-from subspace_diffusion.ode_sampling import ODESamplerConfig, ode_solve  # noqa: E402
 from subspace_diffusion.sde import SDE  # noqa: E402
 from subspace_diffusion.subspaces import PoolingChain  # noqa: E402
 
@@ -34,14 +32,10 @@ def main():
     for kind in ('ve', 'vp', 'subvp'):
         sde = SDE(kind)
         for space, subspace in (('full', None), ('2-level chain', case.subspace((0.1, 0.2)))):
-            fns = [case.level_score(sde, k) for k in range((subspace.num_levels if subspace else 0) + 1)]
             for method in ('ode_heun', 'dpm_solver++'):
-                def solve(budget):
-                    cfg = ODESamplerConfig(method=method, nfe_budget=budget)
-                    f = jax.jit(lambda key: ode_solve(key, N, sde, fns, cfg, subspace, shape=(4, 4, 1))[0])
-                    return np.asarray(f(jax.random.PRNGKey(0)), np.float64).reshape(N, -1)
-                reference = solve(2000)
-                errors = [float(np.sqrt(np.mean((solve(b) - reference) ** 2))) for b in BUDGETS]
+                reference = case.ode_samples(sde, method, 2000, subspace, N)
+                errors = [float(np.sqrt(np.mean((case.ode_samples(sde, method, b, subspace, N) - reference) ** 2)))
+                          for b in BUDGETS]
                 slope = float(np.polyfit(np.log(BUDGETS[1:]), np.log(errors[1:]), 1)[0])
                 cov_err = float(np.linalg.norm(np.cov(reference.T) - case.cov) / np.linalg.norm(case.cov))
                 rows.append({'sde': kind, 'space': space, 'method': method, 'budgets': BUDGETS, 'rms_error': errors,

@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from subspace_diffusion.ode_sampling import ODESamplerConfig, ode_solve
 from subspace_diffusion.subspaces import Chain, PieceStats, Subspace
 
 
@@ -53,6 +54,14 @@ class GaussianCase:
             return -((r / (a ** 2 * lam + s ** 2)) @ q.T).reshape((b,) + shape)
 
         return score
+
+    def ode_samples(self, sde, method: str, budget: float, subspace, n: int) -> np.ndarray:
+        """(n, d) samples of a fixed-step ODE solver (ode_sampling.py) with the exact level scores, prior key 0."""
+        fns = [self.level_score(sde, k) for k in range((subspace.num_levels if subspace else 0) + 1)]
+        cfg = ODESamplerConfig(method=method, nfe_budget=budget)
+        shape = tuple(self.chain.shapes[0])
+        x = jax.jit(lambda key: ode_solve(key, n, sde, fns, cfg, subspace, shape=shape)[0])(jax.random.PRNGKey(0))
+        return np.asarray(x, np.float64).reshape(n, -1)
 
     def logpdf(self, x):
         """Analytic log-density of the data, x (B, d)."""

@@ -7,24 +7,16 @@ while writing the test (2,000 samples, budgets 16..128): Heun -2.1 to -2.3, DPM-
 (it is second order once its multistep history is established; with few steps per stage it is partly first
 order), full space and 2-level chain, VE / VP / sub-VP.
 """
-import jax
 import numpy as np
 import pytest
 
 from gaussian_case import make_case
-from subspace_diffusion.ode_sampling import ODESamplerConfig, ode_solve, plan, stage_steps
+from subspace_diffusion.ode_sampling import ODESamplerConfig, plan, stage_steps
 from subspace_diffusion.sde import SDE
 from subspace_diffusion.subspaces import PoolingChain
 
 BUDGETS = (16, 32, 64)
 CASE = make_case(PoolingChain((4, 4, 1), 2), [0.3, 0.6])
-
-
-def _solve(sde, method, budget, subspace, n):
-    fns = [CASE.level_score(sde, k) for k in range((subspace.num_levels if subspace else 0) + 1)]
-    cfg = ODESamplerConfig(method=method, nfe_budget=budget)
-    x = jax.jit(lambda key: ode_solve(key, n, sde, fns, cfg, subspace, shape=(4, 4, 1))[0])(jax.random.PRNGKey(0))
-    return np.asarray(x, np.float64).reshape(n, -1)
 
 
 @pytest.mark.parametrize('kind', ['ve', 'vp'])
@@ -33,8 +25,8 @@ def _solve(sde, method, budget, subspace, n):
 def test_order_of_convergence(kind, space, method, order):
     sde = SDE(kind)
     subspace = CASE.subspace((0.1, 0.2)) if space == 'chain' else None
-    reference = _solve(sde, method, 2000, subspace, 2000)
-    errors = [np.sqrt(np.mean((_solve(sde, method, b, subspace, 2000) - reference) ** 2)) for b in BUDGETS]
+    reference = CASE.ode_samples(sde, method, 2000, subspace, 2000)
+    errors = [np.sqrt(np.mean((CASE.ode_samples(sde, method, b, subspace, 2000) - reference) ** 2)) for b in BUDGETS]
     slope = np.polyfit(np.log(BUDGETS), np.log(errors), 1)[0]
     assert order[0] < slope < order[1], (errors, slope)
 
@@ -45,7 +37,7 @@ def test_subspace_solve_reaches_the_same_distribution(method):
     # Monte-Carlo error about 0.03).
     sde = SDE('vp')
     for subspace in (None, CASE.subspace((0.1, 0.2))):
-        x = _solve(sde, method, 400, subspace, 8000)
+        x = CASE.ode_samples(sde, method, 400, subspace, 8000)
         cov_err = np.linalg.norm(np.cov(x.T) - CASE.cov) / np.linalg.norm(CASE.cov)
         assert cov_err < 0.06 and np.abs(x.mean(0) - CASE.m).max() < 0.05, (subspace, cov_err)
 
