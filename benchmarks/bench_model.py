@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import cifar10_ve_ncsnpp  # noqa: E402
 from subspace_diffusion.models.ncsnpp import NCSNpp  # noqa: E402
 from subspace_diffusion.models.score import init_params  # noqa: E402
-from subspace_diffusion.settings import Settings  # noqa: E402
+from subspace_diffusion.run.settings import Settings  # noqa: E402
 from timing import median_time  # noqa: E402
 
 REPEATS = 3

@@ -15,8 +15,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from subspace_diffusion.sampling import SamplerConfig, langevin_step, predictor_step, pc_sample, split_grid  # noqa
-from subspace_diffusion.sde import SDE  # noqa: E402
-from subspace_diffusion.subspaces import PieceStats, PoolingChain, Subspace  # noqa: E402
+from subspace_diffusion.core.sde import SDE  # noqa: E402
+from subspace_diffusion.core.subspaces import PieceStats, PoolingChain, Subspace  # noqa: E402
 from timing import median_time  # noqa: E402
 
 

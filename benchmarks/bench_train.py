@@ -17,8 +17,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import cifar10_ve_ncsnpp, quick_digits  # noqa: E402
 from subspace_diffusion import parallel, train, train_state  # noqa: E402
-from subspace_diffusion.experiment import Experiment  # noqa: E402
-from subspace_diffusion.settings import Settings  # noqa: E402
+from subspace_diffusion.run.experiment import Experiment  # noqa: E402
+from subspace_diffusion.run.settings import Settings  # noqa: E402
 
 
 def examples_per_sec(settings, n_jit, calls):

@@ -25,10 +25,10 @@ sys.path.insert(0, ROOT)
 from configs import quality_digits  # noqa: E402
 from results import save_result  # noqa: E402
 from subspace_diffusion import data, loading, quality  # noqa: E402
-from subspace_diffusion.experiment import Experiment  # noqa: E402
-from subspace_diffusion.progress import fmt_duration  # noqa: E402
+from subspace_diffusion.run.experiment import Experiment  # noqa: E402
+from subspace_diffusion.run.progress import fmt_duration  # noqa: E402
 from subspace_diffusion.sampling import effective_nfe, sampling_eps, split_grid  # noqa: E402
-from subspace_diffusion.settings import Settings  # noqa: E402
+from subspace_diffusion.run.settings import Settings  # noqa: E402
 
 METHODS = ('pc', 'ode_heun', 'dpm_solver++')
 

@@ -19,8 +19,8 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, 'tests'))
 from gaussian_case import make_case  # noqa: E402
 from results import save_result  # noqa: E402
-from subspace_diffusion.sde import SDE  # noqa: E402
-from subspace_diffusion.subspaces import PoolingChain  # noqa: E402
+from subspace_diffusion.core.sde import SDE  # noqa: E402
+from subspace_diffusion.core.subspaces import PoolingChain  # noqa: E402
 
 BUDGETS = (8, 16, 32, 64, 128)
 N = 4000

@@ -32,8 +32,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from results import save_result  # noqa: E402
 
-from subspace_diffusion.images import image_grid  # noqa: E402
-from subspace_diffusion.progress import fmt_duration  # noqa: E402
+from subspace_diffusion.run.images import image_grid  # noqa: E402
+from subspace_diffusion.run.progress import fmt_duration  # noqa: E402
 
 CONFIG = os.path.join(ROOT, 'configs', 'quality_digits.py')
 KINDS = ('pooling', 'patch_pca', 'pca')

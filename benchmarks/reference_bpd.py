@@ -21,8 +21,8 @@ sys.path.insert(0, ROOT)
 
 from results import save_result  # noqa: E402
 from subspace_diffusion import likelihood, reference_import  # noqa: E402
-from subspace_diffusion.experiment import Experiment  # noqa: E402
-from subspace_diffusion.settings import Settings  # noqa: E402
+from subspace_diffusion.run.experiment import Experiment  # noqa: E402
+from subspace_diffusion.run.settings import Settings  # noqa: E402
 
 REF = os.path.join(ROOT, 'tests', 'data', 'reference')
 PROBES = 64

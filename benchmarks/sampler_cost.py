@@ -25,10 +25,10 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import cifar10_ve_ncsnpp  # noqa: E402
 from results import save_result  # noqa: E402
-from subspace_diffusion.experiment import Experiment  # noqa: E402
+from subspace_diffusion.run.experiment import Experiment  # noqa: E402
 from subspace_diffusion.sampling import calls_per_level, make_sampler, sampling_eps, split_grid  # noqa: E402
-from subspace_diffusion.settings import Settings  # noqa: E402
-from subspace_diffusion.subspaces import PieceStats, Subspace  # noqa: E402
+from subspace_diffusion.run.settings import Settings  # noqa: E402
+from subspace_diffusion.core.subspaces import PieceStats, Subspace  # noqa: E402
 from timing import median_time  # noqa: E402
 
 CUTOFFS = (0.516, 0.558)

@@ -76,13 +76,14 @@ def get_config():
     evaluate.cond_mask_fraction = 0.5  # share of missing pixels for cond_mask='random'
 
     config.data = data = ml_collections.ConfigDict()
-    data.dataset = "CIFAR10"  # digits, folder, cifar10, celebahq, lsun, ffhq (case, '-' and '_' ignored)
+    data.dataset = "CIFAR10"  # digits, folder, mnist, fashion_mnist, cifar10, celebahq, lsun, ffhq (any case, '-', '_')
     data.image_size = 32
     data.random_flip = True
     data.centered = False
     data.uniform_dequantization = False
     data.num_channels = 3
-    data.data_dir = ""  # dataset 'folder': the folder of images (searched recursively)
+    data.padding = 0  # zero pixels added on each side, inside image_size (2 brings 28 px MNIST-style sets to 32)
+    data.data_dir = ""  # 'folder': the folder of images (searched recursively); mnist, fashion_mnist: of the IDX files
     data.tfds_data_dir = ""  # TFDS datasets: where `tfds build` prepared them ("" = TFDS's default)
     data.tfrecords_path = ""  # score-SDE TFRecords (a glob) for ffhq, and for celebahq instead of TFDS
     data.category = ""  # dataset 'lsun': the category, e.g. church_outdoor

@@ -5,8 +5,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from subspace_diffusion.ode_sampling import ODESamplerConfig, ode_solve
-from subspace_diffusion.subspaces import Chain, PieceStats, Subspace
+from subspace_diffusion.core.diffusion import Diffusion
+from subspace_diffusion.core.ode import ODEConfig
+from subspace_diffusion.core.sampling import SamplerConfig, sample
+from subspace_diffusion.core.subspaces import Chain, PieceStats, Subspace
 
 
 def dense_basis(chain: Chain, k: int) -> np.ndarray:
@@ -55,12 +57,19 @@ class GaussianCase:
 
         return score
 
+    def diffusion(self, sde, subspace=None) -> Diffusion:
+        """The process of this case's shape: full space, or across `subspace`."""
+        return Diffusion(sde, tuple(self.chain.shapes[0]), subspace)
+
+    def scores(self, sde, subspace=None) -> list:
+        """Exact level scores s_0..s_K for a sampler (K = 0 in full space)."""
+        return [self.level_score(sde, k) for k in range((subspace.num_levels if subspace else 0) + 1)]
+
     def ode_samples(self, sde, method: str, budget: float, subspace, n: int) -> np.ndarray:
-        """(n, d) samples of a fixed-step ODE solver (ode_sampling.py) with the exact level scores, prior key 0."""
-        fns = [self.level_score(sde, k) for k in range((subspace.num_levels if subspace else 0) + 1)]
-        cfg = ODESamplerConfig(method=method, nfe_budget=budget)
-        shape = tuple(self.chain.shapes[0])
-        x = jax.jit(lambda key: ode_solve(key, n, sde, fns, cfg, subspace, shape=shape)[0])(jax.random.PRNGKey(0))
+        """(n, d) samples of a fixed-step ODE solver (ode.py) with the exact level scores, prior key 0."""
+        cfg = SamplerConfig(method=method, eps=sde.sampling_eps, ode=ODEConfig(nfe_budget=budget))
+        diffusion, fns = self.diffusion(sde, subspace), self.scores(sde, subspace)
+        x = jax.jit(lambda key: sample(key, n, diffusion, fns, cfg)[0])(jax.random.PRNGKey(0))
         return np.asarray(x, np.float64).reshape(n, -1)
 
     def logpdf(self, x):

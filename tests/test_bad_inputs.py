@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from subspace_diffusion import applications, loading, quality, train
-from subspace_diffusion.experiment import Experiment
+from subspace_diffusion.jobs import conditional, train
+from subspace_diffusion.run import loading, quality, statistics
+from subspace_diffusion.run.experiment import build_chain
 from tiny import tiny_flags, tiny_settings
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
@@ -61,7 +62,7 @@ def test_unknown_field_lists_close_names_and_a_missing_config_file(tmp_path):
 @pytest.mark.parametrize('overrides,expected', [
     ({'training__batch_size': 0}, 'config.training.batch_size: must be >= 1'),
     ({'training__n_iters': 5}, 'config.training.n_iters: 5 is not a multiple of training.n_jitted_steps=2'),
-    ({'data__dataset': 'mnist'}, "config.data.dataset: unknown dataset 'mnist'"),
+    ({'data__dataset': 'imagenet'}, "config.data.dataset: unknown dataset 'imagenet'"),
     ({'subspace__cutoffs': (0.3, 0.6)}, 'subspace.cutoffs has 2 value(s) but the chain has 1 level'),
     ({'eval__cond_mask': 'half'}, "config.eval.cond_mask: 'half' is neither a mask name"),
     ({'data__dataset': 'folder'}, "config.data.data_dir: dataset 'folder' needs the folder of images"),
@@ -112,8 +113,8 @@ def test_disk_full_during_a_save_keeps_the_previous_checkpoint(trained, tmp_path
         rc, err = _main(f'--workdir={run}', '--mode=train', training__n_iters=4)
         _one_error_line(rc, err, 'the last good checkpoint (step 2) is intact')
         (disk / 'filler').unlink()
-        _, state, step = loading.load_state(tiny_settings(), run)
-        assert step == 2 and int(state.step) == 2
+        _, _, step = loading.load_parts(tiny_settings(), run)
+        assert step == 2
 
 
 def test_unreadable_image_in_the_folder_is_named(tmp_path):
@@ -136,17 +137,17 @@ def test_checkpoint_of_another_model_setting_names_the_fields(trained, tmp_path)
 def test_statistics_are_kept_per_chain(tmp_path):
     one, two = tiny_settings(subspace__levels=1), tiny_settings(subspace__levels=2, subspace__cutoffs=(0.3, 0.6))
     for settings in (one, two):
-        Experiment(settings, levels=(0,)).load_stats(tmp_path)
+        statistics.load(settings, build_chain(settings), tmp_path)
     files = sorted(f for f in os.listdir(tmp_path) if f.startswith('subspace_stats_') and f.endswith('.npz'))
     assert len(files) == 2  # two chains, two files: neither overwrote the other
     for settings in (one, two):
-        exp = Experiment(settings, levels=(0,))
-        assert exp.load_stats(tmp_path).signature == exp.chain.signature()
+        chain = build_chain(settings)
+        assert statistics.load(settings, chain, tmp_path).signature == chain.signature()
     # Pointing a 2-level run at the 1-level chain's file: an error that leaves that file alone.
-    stats_of_one = Experiment(one, levels=(0,)).stats_path(tmp_path)
+    stats_of_one = statistics.stats_path(one, build_chain(one), tmp_path)
     wrong = tiny_settings(subspace__levels=2, subspace__cutoffs=(0.3, 0.6), subspace__stats_path=stats_of_one)
     with pytest.raises(ValueError, match='point config.subspace.stats_path at statistics of this chain') as e:
-        Experiment(wrong, levels=(0,)).load_stats(tmp_path)
+        statistics.load(wrong, build_chain(wrong), tmp_path)
     assert 'overwrite' not in str(e.value) and '--mode=subspace_stats' not in str(e.value)
 
 
@@ -156,23 +157,23 @@ def test_reference_statistics_follow_the_folder(tmp_path):
     for i in range(3):
         Image.fromarray(np.full((8, 8), 60 * i, np.uint8)).save(folder / f'{i}.png')
     settings = tiny_settings(data__dataset='folder', data__data_dir=str(folder))
-    before = quality.ref_stats_path(settings, str(tmp_path))
-    assert quality.ref_stats_path(settings, str(tmp_path)) == before  # the same folder: the same cache
+    path = lambda s: quality.Scorer(s, str(tmp_path)).ref_stats_path()  # noqa: E731
+    before = path(settings)
+    assert path(settings) == before  # the same folder: the same cache
     Image.fromarray(np.full((8, 8), 255, np.uint8)).save(folder / '3.png')
-    assert quality.ref_stats_path(settings, str(tmp_path)) != before  # another image: computed anew
+    assert path(settings) != before  # another image: computed anew
     other = tmp_path / 'other'
     shutil.copytree(folder, other)
-    assert quality.ref_stats_path(tiny_settings(data__dataset='folder', data__data_dir=str(other)),
-                                  str(tmp_path)) != quality.ref_stats_path(settings, str(tmp_path))
+    assert path(tiny_settings(data__dataset='folder', data__data_dir=str(other))) != path(settings)
 
 
 def test_mask_of_the_wrong_size_is_an_error(tmp_path):
     Image.fromarray(np.full((4, 4), 255, np.uint8)).save(tmp_path / 'mask.png')
     settings = tiny_settings(eval__cond_mask=str(tmp_path / 'mask.png'))
-    with pytest.raises(ValueError, match=r'mask image .* is 4x4, the images are 8x8 .*give a mask of that size'):
-        applications.inpaint_masks(settings, 2, (8, 8, 1))
+    with pytest.raises(ValueError, match=r'mask image .* is 4x4, the images are 8x8 .*give a PNG mask'):
+        conditional.inpaint_masks(settings, 2, (8, 8, 1))
     Image.fromarray(np.full((8, 8), 255, np.uint8)).save(tmp_path / 'mask.png')
-    assert applications.inpaint_masks(settings, 2, (8, 8, 1)).shape == (2, 8, 8, 1)
+    assert conditional.inpaint_masks(settings, 2, (8, 8, 1)).shape == (2, 8, 8, 1)
 
 
 def test_non_finite_before_any_checkpoint_says_so(tmp_path):
@@ -195,7 +196,7 @@ def test_ctrl_c_saves_like_sigterm(tmp_path):
         assert run.wait(timeout=120) == 130, open(log).read()[-3000:]
     text = open(log).read()
     assert 'SIGINT: saved step' in text and 'Traceback' not in text
-    _, _, step = loading.load_state(tiny_settings(), tmp_path)
+    _, _, step = loading.load_parts(tiny_settings(), tmp_path)
     assert step > 0
 
 

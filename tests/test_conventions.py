@@ -7,9 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from subspace_diffusion import bpd, likelihood, parallel, reference_import
-from subspace_diffusion.experiment import Experiment
-from subspace_diffusion.settings import Settings
+from subspace_diffusion.core import likelihood
+from subspace_diffusion.core.likelihood import Tolerance
+from subspace_diffusion.run import bpd, parallel, published
+from subspace_diffusion.run.experiment import Experiment
+from subspace_diffusion.run.settings import Settings
 from tiny import tiny_settings
 
 REF = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', 'reference')
@@ -27,11 +29,11 @@ def test_eval_bits_per_dim_integrates_from_1e_5_unless_configured(kind, monkeypa
     for override, expected in (({}, 1e-5), ({'eval__likelihood_eps': 1e-3}, 1e-3)):
         settings = tiny_settings(sde__kind=kind, eval__bpd_num_examples=4, eval__bpd_num_repeats=1,
                                  eval__batch_size=4, subspace__levels=0, subspace__cutoffs=(), **override)
-        exp = Experiment(settings, levels=(0,))
-        params = exp.init_params(jax.random.PRNGKey(0))
-        bpd.bits_per_dim(exp, None, params, parallel.make_mesh())
+        exp = Experiment.build(settings, levels=(0,))
+        params = exp.networks.init_params(jax.random.PRNGKey(0))
+        bpd.split_bpd(settings, exp.diffusion(None), exp.networks.scores, params, parallel.make_mesh())
         assert seen[-1] == expected
-    assert exp.sde.sampling_eps != 1e-5 or kind == 've'  # VP / sub-VP sampling eps differs from the likelihood's
+    assert settings.sde.sampling_eps != 1e-5 or kind == 've'  # VP / sub-VP sampling eps differs from the likelihood's
 
 
 # Bits/dim of image 0 of vp_8_io.npz under the imported vp_8.pth by the exact trace (eps 1e-5, tolerance 1e-4),
@@ -44,14 +46,15 @@ def test_bits_per_dim_of_an_imported_reference_network_matches_the_exact_trace()
     config = importlib.import_module('configs.cifar10_vp_ddpmpp').get_config()
     config.model.nf, config.model.num_res_blocks, config.data.image_size = 8, 1, 8
     config.subspace.levels, config.subspace.cutoffs = 0, ()  # the full-space network alone
-    exp = Experiment(Settings.from_config(config), levels=(0,))
-    params = {'level_0': reference_import.network_params(exp, os.path.join(REF, 'vp_8.pth'), 0)}
+    exp = Experiment.build(Settings.from_config(config), levels=(0,))
+    params = {'level_0': published.network_params(exp.networks, os.path.join(REF, 'vp_8.pth'), 0)}
     x = jnp.asarray(np.load(os.path.join(REF, 'vp_8_io.npz'))['x'][:1])  # one 8x8x3 image in [-1, 1]
     probes = 64  # the image repeated, one Rademacher probe per row (the ODE path is the same for all)
 
     @jax.jit
     def bpd(key, x):
-        logp, _, _ = likelihood.log_likelihood(key, x, exp.sde, [exp.score_fn(params, 0)], rtol=1e-4, atol=1e-4)
+        logp, _, _ = likelihood.log_likelihood(key, x, exp.diffusion(None), exp.networks.scores(params),
+                                               tolerance=Tolerance(1e-4, 1e-4))
         return likelihood.bits_per_dim(logp, 192, centered=True)
 
     hutchinson = np.asarray(bpd(jax.random.PRNGKey(0), jnp.repeat(x, probes, 0)), np.float64)

@@ -3,9 +3,9 @@ import jax
 import numpy as np
 
 from gaussian_case import dense_basis, make_case
-from subspace_diffusion.cutoffs import choose_cutoff, fisher_divergence_curve
-from subspace_diffusion.sde import SDE
-from subspace_diffusion.subspaces import PoolingChain, Subspace, compute_stats
+from subspace_diffusion.core.cutoffs import choose_cutoff, fisher_divergence_curve
+from subspace_diffusion.core.sde import SDE
+from subspace_diffusion.core.subspaces import PoolingChain, Subspace, compute_stats
 
 TS = np.linspace(0.01, 1.0, 21)
 

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from subspace_diffusion import data
-from subspace_diffusion.settings import Data
+from subspace_diffusion.run import data
+from subspace_diffusion.run.images import read_image
+from subspace_diffusion.run.settings import Data
 
 
 def _config(dataset='digits', image_size=16, num_channels=1, **kw):
@@ -51,17 +52,16 @@ def test_scaler_round_trip():
 def test_flip_and_dequantization_statistics():
     base = _all(data.get_dataset(_config(), 'test', 299, repeat=False))
     # Same shuffle stream with and without flipping: each image is either unchanged or mirrored.
-    plain = next(data.get_dataset(_config(), 'train', 1000, seed=3))['image']
-    flipped = next(data.get_dataset(_config(random_flip=True), 'train', 1000, seed=3))['image']
+    plain = next(data.get_dataset(_config(), 'train', 1000, shard=data.Shard(seed=3)))['image']
+    flipped = next(data.get_dataset(_config(random_flip=True), 'train', 1000, shard=data.Shard(seed=3)))['image']
     same = np.all(flipped == plain, axis=(1, 2, 3))
     mirrored = np.all(flipped == plain[:, :, ::-1], axis=(1, 2, 3))
     assert np.all(same | mirrored)
     assert 0.4 < np.mean(mirrored & ~same) < 0.6
     # No flip on the eval split.
-    assert np.array_equal(next(data.get_dataset(_config(random_flip=True), 'test', 299))['image'],
-                                                base)
+    assert np.array_equal(next(data.get_dataset(_config(random_flip=True), 'test', 299))['image'], base)
     deq = next(data.get_dataset(_config(uniform_dequantization=True), 'test', 299))['image']
-    noise = deq * 256. - base * 255.
+    noise = deq * 256. - np.round(base * 255.)  # 256-level dequantisation of the 8-bit image
     assert noise.min() > -1e-4 and noise.max() < 1. + 1e-4  # float32 rounding
     assert abs(noise.mean() - 0.5) < 0.01 and abs(noise.var() - 1. / 12.) < 0.005
 
@@ -69,28 +69,27 @@ def test_flip_and_dequantization_statistics():
 def test_process_shards_are_disjoint_and_cover():
     cfg = _config()
     full = _all(data.get_dataset(cfg, 'train', 50, repeat=False))
-    shards = [_all(data.get_dataset(cfg, 'train', 50, process_index=i, process_count=2,
-                                                                    repeat=False)) for i in range(2)]
+    shards = [_all(data.get_dataset(cfg, 'train', 50, repeat=False, shard=data.Shard(process_index=i, process_count=2)))
+              for i in range(2)]
     # Within a shard the order is shuffled; sort rows to compare as sets of images.
     key = lambda a: a.reshape(len(a), -1)[np.lexsort(a.reshape(len(a), -1).T[::-1])]
     np.testing.assert_array_equal(key(np.concatenate(shards)), key(full))
     assert len(shards[0]) + len(shards[1]) == len(full)
-    assert next(data.get_dataset(cfg, 'train', 50, process_index=1, process_count=2))[
+    assert next(data.get_dataset(cfg, 'train', 50, shard=data.Shard(process_index=1, process_count=2)))[
             'image'].shape == (25, 16, 16, 1)
     with pytest.raises(ValueError, match='positive multiple of the 2 process'):
-        data.get_dataset(cfg, 'train', 51, process_count=2)
+        data.get_dataset(cfg, 'train', 51, shard=data.Shard(process_count=2))
     with pytest.raises(ValueError, match='batch size 0'):
         data.get_dataset(cfg, 'train', 0)
 
 
 def test_start_step_resume_is_identical():
     cfg = _config(random_flip=True, uniform_dequantization=True)
-    run = list(itertools.islice(data.get_dataset(cfg, 'train', 128, seed=7), 30))
-    resumed = list(itertools.islice(data.get_dataset(cfg, 'train', 128, seed=7, start_step=20),
-                                                                    10))
+    run = list(itertools.islice(data.get_dataset(cfg, 'train', 128, shard=data.Shard(seed=7)), 30))
+    resumed = list(itertools.islice(data.get_dataset(cfg, 'train', 128, shard=data.Shard(seed=7, start_step=20)), 10))
     for a, b in zip(run[20:], resumed):
         np.testing.assert_array_equal(a['image'], b['image'])
-    other = next(data.get_dataset(cfg, 'train', 128, seed=8))['image']
+    other = next(data.get_dataset(cfg, 'train', 128, shard=data.Shard(seed=8)))['image']
     assert not np.array_equal(other, run[0]['image'])
 
 
@@ -129,8 +128,8 @@ def test_folder_reads_16_bit_grey_and_colour_at_full_precision(tmp_path):
     Image.fromarray(grey).save(tmp_path / 'grey16.png')
     colour = rng.integers(0, 65536, (8, 8, 3), dtype=np.uint16)
     (tmp_path / 'colour16.png').write_bytes(tf.io.encode_png(tf.constant(colour)).numpy())
-    np.testing.assert_allclose(data.read_image(tmp_path / 'grey16.png')[..., 0], grey / 65535., atol=1e-7)
-    got = data.read_image(tmp_path / 'colour16.png')
+    np.testing.assert_allclose(read_image(tmp_path / 'grey16.png')[..., 0], grey / 65535., atol=1e-7)
+    got = read_image(tmp_path / 'colour16.png')
     np.testing.assert_allclose(got, colour / 65535., atol=1e-7)
     # 8-bit rounding would move values by up to 1/510; full precision keeps the low byte.
     assert np.abs(np.round(got * 255) / 255 - colour / 65535.).max() > 1e-3
@@ -155,8 +154,8 @@ def test_unreadable_image_is_named(tmp_path):
 
 
 def test_errors(tmp_path):
-    with pytest.raises(ValueError, match="unknown dataset 'mnist'; use one of .*'digits'"):
-        _config('mnist')
+    with pytest.raises(ValueError, match="unknown dataset 'imagenet'; use one of .*'digits'"):
+        _config('imagenet')
     with pytest.raises(FileNotFoundError, match='not found'):
         data.get_dataset(_config('folder', data_dir=str(tmp_path / 'missing')), 'train', 8)
     with pytest.raises(ValueError, match='no .* images'):
@@ -166,7 +165,7 @@ def test_errors(tmp_path):
 
 
 def test_importing_data_does_not_import_tensorflow():
-    code = 'import sys, subspace_diffusion.data; assert "tensorflow" not in sys.modules'
+    code = 'import sys, subspace_diffusion.run.data; assert "tensorflow" not in sys.modules'
     subprocess.run([sys.executable, '-c', code], check=True,
                                   cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -197,11 +196,11 @@ def test_cifar10_through_tfds_mock_resumes_without_rereading(monkeypatch):
     cfg = _config('cifar10', image_size=16, num_channels=3, centered=True, random_flip=True)
     counter = _count_records(monkeypatch)
     with tfds.testing.mock_data(num_examples=12):
-        first = list(itertools.islice(data.get_dataset(cfg, 'train', 4, seed=1), 8))
-        resumed = list(itertools.islice(data.get_dataset(cfg, 'train', 4, seed=1, start_step=4), 4))
+        first = list(itertools.islice(data.get_dataset(cfg, 'train', 4, shard=data.Shard(seed=1)), 8))
+        resumed = list(itertools.islice(data.get_dataset(cfg, 'train', 4, shard=data.Shard(seed=1, start_step=4)), 4))
         evals = _all(data.get_dataset(cfg, 'test', 4, repeat=False))
         counter['n'] = 0
-        late = next(data.get_dataset(cfg, 'train', 4, seed=1, start_step=10_001))
+        late = next(data.get_dataset(cfg, 'train', 4, shard=data.Shard(seed=1, start_step=10_001)))
     assert first[0]['image'].shape == (4, 16, 16, 3) and first[0]['image'].dtype == np.float32
     assert first[0]['image'].min() >= -1. and first[0]['image'].max() <= 1.
     for a, b in zip(first[4:], resumed):  # step 4 is batch 1 of the second epoch (3 batches per epoch)
@@ -233,8 +232,8 @@ def test_ffhq_tfrecords_and_lsun_crop(tmp_path):
             })).SerializeToString())
     cfg = _config('ffhq', image_size=8, num_channels=3,
                                 tfrecords_path=str(tmp_path / '*.tfrecords'))
-    shards = [_all(data.get_dataset(cfg, 'test', 2, process_index=i, process_count=2,
-                                                                    repeat=False)) for i in range(2)]
+    shards = [_all(data.get_dataset(cfg, 'test', 2, repeat=False, shard=data.Shard(process_index=i, process_count=2)))
+              for i in range(2)]
     got = np.concatenate(shards)
     expected = imgs.transpose(0, 2, 3, 1).astype(np.float32) / 255.
     # TFRecord sharding is by record index: shard i holds records i, i + 2, ...

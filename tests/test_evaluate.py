@@ -5,16 +5,16 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 
 import numpy as np
 import pytest
 
 from configs import quick_digits
-from subspace_diffusion import evaluate, quality
-from subspace_diffusion.metrics import fid, proxy
-from subspace_diffusion.settings import Settings
+from subspace_diffusion.jobs import evaluate
+from subspace_diffusion.metrics import fid
+from subspace_diffusion.run import data, loading, quality
+from subspace_diffusion.run.settings import Settings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The smallest NCSN++ that keeps every code path (one resolution, no attn_resolutions) on a 2-level chain.
@@ -28,12 +28,7 @@ EVAL = ['--mode=eval', '--config.sampling.num_steps=10', '--config.eval.batch_si
 
 @pytest.fixture(scope='module')
 def env():
-    # A persistent compilation cache shared by the subprocesses (the rerun of an eval reuses the compiled
-    # sampler) and kept between test sessions: compiling dominates these tests on a small CPU machine.
-    cache = os.environ.get('JAX_COMPILATION_CACHE_DIR') or os.path.join(tempfile.gettempdir(),
-                                                                        'subspace_diffusion_test_jax_cache')
-    return dict(os.environ, JAX_PLATFORMS='cpu', JAX_COMPILATION_CACHE_DIR=cache,
-                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
+    return dict(os.environ, JAX_PLATFORMS='cpu')
 
 
 def _cmd(*args):
@@ -46,10 +41,15 @@ def _main(env, *args):
 
 @pytest.fixture(scope='module')
 def classifier_dir(tmp_path_factory):
-    """A directory holding the cached proxy digits classifier (trained once for the module)."""
+    """A directory holding the cached digits classifier (trained once for the module)."""
     path = tmp_path_factory.mktemp('classifier')
-    proxy.DigitsFeatures(_settings().data, str(path))
+    quality.ClassifierFeatures(_settings(), str(path))
     return path
+
+
+def _copy_classifier(source, workdir):
+    for f in source.glob('proxy_classifier_*.npz'):
+        shutil.copy(f, workdir)
 
 
 @pytest.fixture(scope='module')
@@ -75,11 +75,11 @@ def _settings(**fields):
 
 def test_proxy_frechet_distances(classifier_dir):
     settings = _settings()
-    features = proxy.proxy_feature_fns(settings.data, str(classifier_dir))
-    assert set(features) == {'pixel', 'digits_classifier'}
-    assert features['digits_classifier'].test_accuracy > 0.9
-    train, _ = proxy.digits_split(settings.data, 'train')
-    test, _ = proxy.digits_split(settings.data, 'test')
+    features = quality.Scorer(settings, str(classifier_dir)).features
+    assert set(features) == {'pixel', 'classifier'}
+    assert features['classifier'].test_accuracy > 0.9
+    train, _ = data.labelled_split(settings.data, 'train')
+    test, _ = data.labelled_split(settings.data, 'test')
     noise = np.random.default_rng(0).random(test.shape, np.float32)
     for name, fn in features.items():
         ref = fid.feature_stats(fn(train))
@@ -90,37 +90,38 @@ def test_proxy_frechet_distances(classifier_dir):
         assert abs(same) < 1e-4 and 0 < held_out < far / 20, (name, same, held_out, far)
 
 
-def test_sample_metrics_with_and_without_inception(tmp_path, classifier_dir, monkeypatch):
+def test_sample_metrics_with_and_without_inception(tmp_path, classifier_dir):
     settings = _settings()
-    shutil.copy(classifier_dir / 'proxy_classifier_digits_16.npz', tmp_path)
-    test, _ = proxy.digits_split(settings.data, 'test')
+    _copy_classifier(classifier_dir, tmp_path)
+    test, _ = data.labelled_split(settings.data, 'test')
     images = np.round(test[:64] * 255).astype(np.uint8)
-    without = quality.sample_metrics(settings, str(tmp_path), images)
+    scorer = quality.Scorer(settings, str(tmp_path))
+    without = scorer.score(images)
     assert 'fid' not in without and 'skipped' in without['inception_metrics']
-    assert 0 < without['digits_classifier_fd'] < 10 and 0 < without['pixel_fd'] < 10  # held-out digits: close
+    assert 0 < without['classifier_fd'] < 10 and 0 < without['pixel_fd'] < 10  # held-out digits: close
+    assert np.isfinite(without['classifier_kid'])
 
     # A stand-in for the FID Inception (the real weights are a download): fixed random features and logits.
     proj = np.random.default_rng(0).normal(size=(256, 24)).astype(np.float32)
-    monkeypatch.setattr(quality, 'inception_fn', lambda settings: lambda x: (
-        x.reshape(len(x), -1) / 255. @ proj[:, :16], x.reshape(len(x), -1) / 255. @ proj[:, 16:]))
-    with_inception = quality.sample_metrics(settings, str(tmp_path), images)  # the reference gains Inception stats
+    scorer.inception = lambda x: (x.reshape(len(x), -1) / 255. @ proj[:, :16], x.reshape(len(x), -1) / 255. @ proj[:, 16:])
+    with_inception = scorer.score(images)  # the reference gains Inception statistics
     assert with_inception['fid'] > 0 and with_inception['inception_score'] >= 1 and np.isfinite(with_inception['kid'])
-    assert with_inception['digits_classifier_fd'] == pytest.approx(without['digits_classifier_fd'])
+    assert with_inception['classifier_fd'] == pytest.approx(without['classifier_fd'])
 
 
 def test_bad_workdirs_are_clear_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match='no checkpoints in .* train that level there first'):
-        evaluate.level_workdirs(_settings(), str(tmp_path), (0, 1, 2))
+        loading.level_workdirs(_settings(), str(tmp_path), (0, 1, 2))
     (tmp_path / 'checkpoints').mkdir()
     with pytest.raises(ValueError, match='give one workdir per level'):
-        evaluate.level_workdirs(_settings(level_workdirs=(str(tmp_path),)), str(tmp_path), (0, 1, 2))
+        loading.level_workdirs(_settings(level_workdirs=(str(tmp_path),)), str(tmp_path), (0, 1, 2))
 
 
 def test_eval_end_to_end_resumes_after_kill(tmp_path, trained, classifier_dir, env):
     # Evaluate into a fresh workdir with the trained run named per level (eval.level_workdirs).
     workdir = tmp_path / 'eval_run'
     workdir.mkdir()
-    shutil.copy(classifier_dir / 'proxy_classifier_digits_16.npz', workdir)
+    _copy_classifier(classifier_dir, workdir)
     args = [*TINY, *EVAL, f'--workdir={workdir}', f'--config.eval.level_workdirs=("{trained}","{trained}","{trained}")']
     folder = workdir / 'eval' / 'step_1'
     n_batches = 32
@@ -157,7 +158,7 @@ def test_eval_end_to_end_resumes_after_kill(tmp_path, trained, classifier_dir, e
     metrics = json.load(open(folder / 'metrics.json'))
     assert metrics['batches_sampled_this_run'] == n_batches - len(kept) + 1
     assert metrics['checkpoints']['2'] == {'workdir': str(trained), 'step': 1}
-    for key in ('pixel_fd', 'digits_classifier_fd', 'bpd', 'nfe_per_sample', 'samples_per_s'):
+    for key in ('pixel_fd', 'classifier_fd', 'bpd', 'nfe_per_sample', 'samples_per_s'):
         assert np.isfinite(metrics[key]) and metrics[key] > 0, (key, metrics[key])
     assert 'skipped' in metrics['inception_metrics']  # no Inception weights offline: the rest still computed
 

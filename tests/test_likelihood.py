@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 
 from gaussian_case import make_case
-from subspace_diffusion.likelihood import LIKELIHOOD_EPS, bits_per_dim, dequantize, log_likelihood, ode_sample, odeint
-from subspace_diffusion.sde import SDE
-from subspace_diffusion.subspaces import PoolingChain
+from subspace_diffusion.core.likelihood import (LIKELIHOOD_EPS, Tolerance, bits_per_dim, dequantize, log_likelihood,
+                                                ode_sample, odeint)
+from subspace_diffusion.core.sde import SDE
+from subspace_diffusion.core.subspaces import PoolingChain
 
 
 def _setup(kind, n=64):
@@ -24,12 +25,9 @@ def _setup(kind, n=64):
 
 
 def _loglik(sde, case, x, trace, subspace, key=0):
-    if subspace:
-        fns = [case.level_score(sde, k) for k in range(3)]
-        args = (case.subspace((0.1, 0.2)),)
-    else:
-        fns, args = [case.level_score(sde, 0)], ()
-    lp, z, _ = jax.jit(lambda k, x: log_likelihood(k, x, sde, fns, *args, trace=trace))(jax.random.PRNGKey(key), x)
+    sub = case.subspace((0.1, 0.2)) if subspace else None
+    diffusion, fns = case.diffusion(sde, sub), case.scores(sde, sub)
+    lp, z, _ = jax.jit(lambda k, x: log_likelihood(k, x, diffusion, fns, trace=trace))(jax.random.PRNGKey(key), x)
     # The ODE ends on the prior, not on the exact p_T = N(alpha_T m, alpha_T^2 Sigma + sigma_T^2 I); swap it in,
     # since for VE the mean m is not negligible against sigma_max.
     a, s = float(sde.alpha(sde.T)), float(sde.sigma(sde.T))
@@ -59,8 +57,9 @@ def test_hutchinson_is_unbiased(trace):
 
 def test_ode_sampling_reproduces_gaussian():
     sde, case, _, _ = _setup('vp')
-    fns = [case.level_score(sde, k) for k in range(3)]
-    xs, _ = jax.jit(lambda k: ode_sample(k, 4000, sde, fns, (4, 4, 1), case.subspace((0.1, 0.2))))(
+    sub = case.subspace((0.1, 0.2))
+    diffusion, fns = case.diffusion(sde, sub), case.scores(sde, sub)
+    xs, _, _ = jax.jit(lambda k: ode_sample(k, 4000, diffusion, fns, Tolerance(), sde.sampling_eps))(
         jax.random.PRNGKey(2))
     xs = np.asarray(xs).reshape(4000, -1)
     assert np.abs(xs.mean(0) - case.m).max() < 0.05
@@ -79,11 +78,11 @@ def test_bits_per_dim_offsets():
     np.testing.assert_allclose(bits_per_dim(jnp.zeros(1), 10, centered=False), 8.0)
     np.testing.assert_allclose(bits_per_dim(-10 * np.log(2) * jnp.ones(1), 10, centered=True), 8.0, rtol=1e-6)
     x = jnp.linspace(0, 1, 256)
-    d = dequantize(jax.random.PRNGKey(0), x)
+    d = dequantize(x, jax.random.uniform(jax.random.PRNGKey(0), x.shape))
     assert jnp.all((d >= x * 255 / 256) & (d < (x * 255 + 1) / 256))
 
 
 def test_bad_trace():
     sde, case, x, _ = _setup('ve', n=2)
     with pytest.raises(ValueError, match='trace'):
-        log_likelihood(jax.random.PRNGKey(0), x, sde, [case.level_score(sde, 0)], trace='skilling')
+        log_likelihood(jax.random.PRNGKey(0), x, case.diffusion(sde), [case.level_score(sde, 0)], trace='skilling')

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from gaussian_case import make_case
-from subspace_diffusion.losses import dsm_loss
-from subspace_diffusion.sde import SDE
-from subspace_diffusion.subspaces import PoolingChain
+from subspace_diffusion.core.losses import dsm_loss
+from subspace_diffusion.core.sde import SDE
+from subspace_diffusion.core.subspaces import PoolingChain
 
 
 def test_exact_score_minimises_dsm_in_level_coordinates():

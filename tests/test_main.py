@@ -31,6 +31,7 @@ def test_subspace_stats_mode_on_digits(tmp_path):
 
 def test_bad_level_count_is_a_clear_error(tmp_path):
     out = _main('--mode=subspace_stats', '--config=configs/quick_digits.py', f'--workdir={tmp_path}',
-                '--config.subspace.kind=pooling', '--config.subspace.levels=9')
+                '--config.subspace.kind=pooling', '--config.subspace.levels=9',
+                '--config.subspace.cutoffs=(0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9)')
     assert out.returncode != 0
     assert 'cannot support 9 pooling level(s)' in out.stderr

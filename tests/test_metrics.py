@@ -8,6 +8,8 @@ import pytest
 
 from subspace_diffusion.metrics import fid
 from subspace_diffusion.metrics import inception as inc
+from subspace_diffusion.run import quality
+from subspace_diffusion.run.files import FileProblem
 
 
 def _psd_sqrt(a):
@@ -64,21 +66,12 @@ def test_kid():
             if i != j:
                 ref += (k(x[i:i + 1], x[j:j + 1]) + k(y[i:i + 1], y[j:j + 1]))[0, 0] / (40 * 39)
             ref -= 2 * k(x[i:i + 1], y[j:j + 1])[0, 0] / 1600
-    mean, std = fid.kernel_inception_distance(x, y, subsets=3, subset_size=40)
+    mean, std = fid.kernel_distance(x, y, subsets=3, subset_size=40)
     np.testing.assert_allclose(mean, ref, rtol=1e-10)
     assert std < 1e-12  # every subset is the full set
-    same = [fid.kernel_inception_distance(rng.normal(size=(100, 6)), rng.normal(size=(100, 6)),
-                                                                                subsets=20, subset_size=50, seed=s)[0] for s in range(5)]
+    same = [fid.kernel_distance(rng.normal(size=(100, 6)), rng.normal(size=(100, 6)), subsets=20, subset_size=50,
+                                seed=s)[0] for s in range(5)]
     assert abs(np.mean(same)) < 0.05 * ref
-
-
-def test_stats_roundtrip(tmp_path):
-    mu, s, f = np.arange(3.0), np.eye(3), np.ones((4, 3))
-    fid.save_stats(tmp_path / "a.npz", mu, s, f)
-    mu2, s2, f2 = fid.load_stats(tmp_path / "a.npz")
-    np.testing.assert_array_equal(mu2, mu); np.testing.assert_array_equal(s2, s); np.testing.assert_array_equal(f2, f)
-    fid.save_stats(tmp_path / "b.npz", mu, s)
-    assert fid.load_stats(tmp_path / "b.npz")[2] is None
 
 
 def test_inception_shapes_and_param_count():
@@ -89,52 +82,52 @@ def test_inception_shapes_and_param_count():
     # 3,326,696 (1x1 768->128 conv+bn, 5x5 128->768 conv+bn, 768->1000 fc); the 1008-way fc adds
     # 8*2048+8 = 16,392: 27,161,264 - 3,326,696 + 16,392 = 23,850,960 trainable params (BN buffers excluded).
     assert sum(int(np.prod(l.shape)) for l in jax.tree.leaves(v["params"])) == 23_850_960
-    shapes = inc.expected_torch_shapes()
+    shapes = _torch_shapes()
     assert shapes["Conv2d_1a_3x3.conv.weight"] == (32, 3, 3, 3)
     assert shapes["Mixed_7c.branch_pool.conv.weight"] == (192, 2048, 1, 1)
     assert shapes["fc.weight"] == (1008, 2048) and shapes["fc.bias"] == (1008,)
 
 
+def _torch_shapes():
+    return {key: shape for key, shape, _, _ in inc._torch_entries()}
+
+
 def _fake_state_dict():
     rng = np.random.default_rng(0)
-    return {k: rng.normal(size=s).astype(np.float32) for k, s in inc.expected_torch_shapes().items()}
+    return {k: rng.normal(size=s).astype(np.float32) for k, s in _torch_shapes().items()}
 
 
 def test_converter(tmp_path):
     sd = _fake_state_dict()
     sd["Conv2d_1a_3x3.bn.num_batches_tracked"] = np.array(0)  # harmless torch buffer, ignored
     np.savez(tmp_path / "w.npz", **sd)
-    v = inc.load_fid_inception_params(str(tmp_path / "w.npz"))
+    v = quality.read_inception(str(tmp_path / "w.npz"))
     shapes = jax.tree.map(lambda a: a.shape, inc._variable_shapes())
     assert jax.tree.map(lambda a: a.shape, v) == shapes
     p = v["params"]
     np.testing.assert_array_equal(p["Mixed_6b"]["branch7x7_2"]["conv"]["kernel"],
-                                                                sd["Mixed_6b.branch7x7_2.conv.weight"].transpose(2, 3, 1, 0))
+                                  sd["Mixed_6b.branch7x7_2.conv.weight"].transpose(2, 3, 1, 0))
     np.testing.assert_array_equal(p["fc"]["kernel"], sd["fc.weight"].T)
     np.testing.assert_array_equal(p["Mixed_5b"]["branch1x1"]["bn"]["scale"], sd["Mixed_5b.branch1x1.bn.weight"])
     np.testing.assert_array_equal(v["batch_stats"]["Mixed_7c"]["branch_pool"]["bn"]["var"],
-                                                                sd["Mixed_7c.branch_pool.bn.running_var"])
+                                  sd["Mixed_7c.branch_pool.bn.running_var"])
     del sd["Conv2d_1a_3x3.bn.num_batches_tracked"]
 
-    bad = dict(sd); del bad["Mixed_5b.branch1x1.conv.weight"]
-    np.savez(tmp_path / "missing.npz", **bad)
-    with pytest.raises(ValueError, match="missing keys.*Mixed_5b.branch1x1.conv.weight"):
-        inc.load_fid_inception_params(str(tmp_path / "missing.npz"))
-    bad = dict(sd, **{"AuxLogits.fc.weight": np.zeros((1, 1))})
-    np.savez(tmp_path / "extra.npz", **bad)
-    with pytest.raises(ValueError, match="unexpected keys.*AuxLogits"):
-        inc.load_fid_inception_params(str(tmp_path / "extra.npz"))
-    bad = dict(sd, **{"fc.weight": np.zeros((2048, 1008), np.float32)})
-    np.savez(tmp_path / "shape.npz", **bad)
-    with pytest.raises(ValueError, match="fc.weight.*shape"):
-        inc.load_fid_inception_params(str(tmp_path / "shape.npz"))
+    bad = dict(sd)
+    del bad["Mixed_5b.branch1x1.conv.weight"]
+    with pytest.raises(ValueError, match=r"1 key\(s\) missing .*Mixed_5b.branch1x1.conv.weight"):
+        inc.params_from_state_dict(bad)
+    with pytest.raises(ValueError, match="1 unexpected .*AuxLogits"):
+        inc.params_from_state_dict(dict(sd, **{"AuxLogits.fc.weight": np.zeros((1, 1))}))
+    with pytest.raises(ValueError, match="fc.weight has shape"):
+        inc.params_from_state_dict(dict(sd, **{"fc.weight": np.zeros((2048, 1008), np.float32)}))
 
 
 def test_missing_weights_file(tmp_path):
-    with pytest.raises(inc.InceptionWeightsMissing) as e:
-        inc.get_inception_fn(str(tmp_path / "nope.pth"))
+    with pytest.raises(FileProblem) as e:
+        quality.read_inception(str(tmp_path / "nope.pth"))
     msg = str(e.value)
-    assert inc.FID_WEIGHTS_URL in msg and "npz" in msg and "inception_weights" in msg
+    assert inc.FID_WEIGHTS_URL in msg and "does not exist" in msg and "inception_weights" in msg
 
 
 def test_tf_style_pools():
@@ -148,8 +141,7 @@ def test_inception_fn_forward(tmp_path):
     # Small random weights with positive variances keep activations finite; one real 299x299 forward (~3 s).
     sd = {k: 0.05 * v for k, v in _fake_state_dict().items()}
     sd.update({k: np.abs(v) + 1.0 for k, v in sd.items() if k.endswith("running_var")})
-    np.savez(tmp_path / "w.npz", **sd)
-    fn = inc.get_inception_fn(str(tmp_path / "w.npz"))
+    fn = inc.inception_fn(inc.params_from_state_dict(sd))
     pool, logits = fn(np.full((1, 32, 32, 1), 128, np.uint8))
     assert pool.shape == (1, 2048) and logits.shape == (1, 1008)
     assert np.isfinite(np.asarray(logits)).all()

@@ -9,12 +9,18 @@ import pytest
 from scipy.signal import convolve2d
 
 from configs import quick_digits
-from subspace_diffusion.experiment import Experiment
+from subspace_diffusion.run.experiment import Experiment
 from subspace_diffusion.models import layers
 from subspace_diffusion.models.ncsnpp import NCSNpp
-from subspace_diffusion.models.score import get_score_fn, init_params
-from subspace_diffusion.settings import Settings
+from subspace_diffusion.models.score import get_score_fn
+from subspace_diffusion.run.settings import Settings
 from tiny import tiny_settings
+
+
+def init_params(model, key, shape, batch=1):
+    """Variables of `model` initialised with a (batch, *shape) dummy input."""
+    x = jnp.zeros((batch,) + tuple(shape), jnp.float32)
+    return model.init({"params": key, "dropout": key}, x, jnp.ones((batch,), jnp.float32), train=False)
 
 
 def _shape(config, resolution=None):
@@ -176,15 +182,16 @@ def test_bad_inputs_raise():
 def test_vector_network_for_pca_levels():
     settings = tiny_settings(subspace__kind='pca', subspace__levels=2, subspace__cutoffs=(0.3, 0.6),
                              model__mlp_width=32, model__mlp_blocks=2)
-    exp = Experiment(settings, levels=(0, 1, 2))
-    assert [exp.level_shape(k) for k in range(3)] == [(8, 8, 1), (16,), (4,)]
-    assert exp.model_of(0) is exp.model and exp.model_of(1) is exp.vector_model
-    params = exp.init_params(jax.random.PRNGKey(0))
+    exp = Experiment.build(settings, levels=(0, 1, 2))
+    nets = exp.networks
+    assert [nets.shapes[k] for k in range(3)] == [(8, 8, 1), (16,), (4,)]
+    assert nets.model_of(0) is nets.image_model and nets.model_of(1) is nets.vector_model
+    params = nets.init_params(jax.random.PRNGKey(0))
     x, t = jax.random.normal(jax.random.PRNGKey(1), (3, 16)), jnp.array([0.1, 0.5, 0.9])
-    score = exp.score_fn(params, 1)(x, t)
+    score = nets.score(params, 1)(x, t)
     assert score.shape == (3, 16) and bool(jnp.all(jnp.isfinite(score)))
     # VE with scale_by_sigma: the output is divided by sigma(t), as NCSN++'s, so it grows as t falls.
-    raw = exp.vector_model.apply({"params": params["level_1"]}, x, exp.sde.sigma(t), train=False)
+    raw = nets.vector_model.apply({"params": params["level_1"]}, x, settings.sde.sigma(t), train=False)
     np.testing.assert_allclose(score, raw, rtol=1e-6)
     total, per_level = exp.loss(params, jnp.ones((2, 8, 8, 1)), jax.random.PRNGKey(2))
     assert set(per_level) == {0, 1, 2} and np.isfinite(total)

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from gaussian_case import make_case
-from subspace_diffusion.ode_sampling import ODESamplerConfig, plan, stage_steps
-from subspace_diffusion.sde import SDE
-from subspace_diffusion.subspaces import PoolingChain
+from subspace_diffusion.core.ode import ODEConfig, plan, stage_steps
+from subspace_diffusion.core.sde import SDE
+from subspace_diffusion.core.subspaces import PoolingChain
 
 BUDGETS = (16, 32, 64)
 CASE = make_case(PoolingChain((4, 4, 1), 2), [0.3, 0.6])
@@ -45,8 +45,8 @@ def test_subspace_solve_reaches_the_same_distribution(method):
 def test_budget_rules():
     bounds = [(50.0, 1.0), (1.0, 0.5), (0.5, 0.01)]  # log shares 3.9 : 0.7 : 3.9
     costs = [1 / 16, 1 / 4, 1.0]
-    even = stage_steps('ode_heun', 101, 'log_sigma', bounds, costs)
-    cheap = stage_steps('ode_heun', 101, 'cost', bounds, costs)
+    even = stage_steps('ode_heun', ODEConfig(nfe_budget=101, budget_rule='log_sigma'), bounds, costs)
+    cheap = stage_steps('ode_heun', ODEConfig(nfe_budget=101, budget_rule='cost'), bounds, costs)
     # Equal density in log sigma: the two wide stages get equal steps; spending by cost: the 16x cheaper
     # stage gets 16x the steps of the full-space one.
     assert even[0] == even[2] and cheap[0] == pytest.approx(16 * cheap[2], rel=0.1)
@@ -54,7 +54,9 @@ def test_budget_rules():
         spent = sum(2 * n * c for n, c in zip(steps, costs)) + 1
         assert spent == pytest.approx(101, rel=0.1)
     sde = SDE('ve')
-    _, steps, nfe = plan(sde, ODESamplerConfig(method='dpm_solver++', nfe_budget=35), CASE.subspace((0.3, 0.6)))
-    assert len(steps) == 3 and nfe == pytest.approx(35, rel=0.1)
+    diffusion = CASE.diffusion(sde, CASE.subspace((0.3, 0.6)))
+    laid_out = plan(diffusion, 'dpm_solver++', ODEConfig(nfe_budget=35), sde.sampling_eps)
+    nfe = diffusion.effective_nfe(laid_out.calls_per_level) + 1  # + the final denoising call
+    assert len(laid_out.grids) == 3 and nfe == pytest.approx(35, rel=0.1)
     with pytest.raises(ValueError, match='budget_rule'):
-        ODESamplerConfig(budget_rule='even')
+        ODEConfig(budget_rule='even')

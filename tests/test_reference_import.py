@@ -18,12 +18,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from subspace_diffusion import pth, reference_import
-from subspace_diffusion.checkpoints import Checkpoints
-from subspace_diffusion.experiment import Experiment
 from subspace_diffusion.models import convert
 from subspace_diffusion.models.score import get_score_fn
-from subspace_diffusion.settings import Settings
+from subspace_diffusion.run import published, pth
+from subspace_diffusion.run.checkpoints import Checkpoints
+from subspace_diffusion.run.experiment import Experiment
+from subspace_diffusion.run.settings import Settings
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(TESTS)
@@ -70,9 +70,9 @@ def _manifest():
 @pytest.mark.parametrize('entry', _manifest(), ids=lambda e: f"{e['config']}@{e['image_size']}")
 def test_full_size_networks_match_the_reference_manifest(entry):
     config = importlib.import_module(f'configs.{CONFIGS[entry["config"]]}').get_config()
-    exp = Experiment(Settings.from_config(config), levels=(0,))
+    model = Experiment.build(Settings.from_config(config), levels=(0,)).networks.image_model
     size = entry['image_size']
-    shapes = jax.eval_shape(lambda k: exp.model.init({'params': k}, jnp.zeros((1, size, size, 3)), jnp.ones(1),
+    shapes = jax.eval_shape(lambda k: model.init({'params': k}, jnp.zeros((1, size, size, 3)), jnp.ones(1),
                                                      train=False), jax.random.PRNGKey(0))['params']
     layout = {key: shape for key, (_, shape) in convert.torch_layout(shapes).items()}
     reference = {key: tuple(shape) for key, shape in convert.strip_prefix(dict(entry['state_dict'])).items()
@@ -89,8 +89,8 @@ def test_attention_placement_options():
     count = {}
     for placement in ('resolution', 'depth'):
         config.model.attention_placement = placement
-        exp = Experiment(Settings.from_config(config), levels=(0,))
-        shapes = jax.eval_shape(lambda k: exp.model.init({'params': k}, jnp.zeros((1, 16, 16, 3)), jnp.ones(1),
+        model = Experiment.build(Settings.from_config(config), levels=(0,)).networks.image_model
+        shapes = jax.eval_shape(lambda k: model.init({'params': k}, jnp.zeros((1, 16, 16, 3)), jnp.ones(1),
                                                          train=False), jax.random.PRNGKey(0))['params']
         count[placement] = sum(np.prod(x.shape) for x in jax.tree.leaves(shapes))
     # At 16 px the reference attends at 16 px (128 channels); 'depth' keeps the 32 px network's 8 px blocks.
@@ -104,45 +104,47 @@ def test_attention_placement_options():
 @pytest.mark.parametrize('name', sorted(FIXTURES))
 def test_imported_networks_reproduce_the_reference_outputs(name):
     config_name, level, levels, factor = FIXTURES[name]
-    exp = Experiment(_settings(config_name, levels, factor), levels=tuple(range(levels + 1)))
+    settings = _settings(config_name, levels, factor)
+    networks = Experiment.build(settings, levels=tuple(range(levels + 1))).networks
     io = np.load(os.path.join(REF, f'{name}_io.npz'))
     x, labels = jnp.asarray(io['x']), jnp.asarray(io['labels'])
     for weights in ('ema', 'model'):
-        params = reference_import.network_params(exp, os.path.join(REF, f'{name}.pth'), level, weights)
-        y = np.asarray(exp.model.apply({'params': params}, x, labels, train=False))
+        params = published.network_params(networks, os.path.join(REF, f'{name}.pth'), level, weights)
+        y = np.asarray(networks.image_model.apply({'params': params}, x, labels, train=False))
         expected = io[f'y_{weights}']
         assert np.abs(y - expected).max() <= 1e-5 * np.abs(expected).max(), weights
     # The other weights are far off: the test tells which set was loaded.
     assert np.abs(io['y_ema'] - io['y_model']).max() > 0.5
     # Our score wrapper feeds the labels the reference's get_score_fn feeds: sigma(t) for VE, 999 t for VP.
-    sde = exp.sde
+    sde = settings.sde
     if sde.kind == 've':
         t = jnp.log(labels / sde.sigma_min) / np.log(sde.sigma_max / sde.sigma_min)
         expected_score = io['y_ema']
     else:
         t = labels / 999.
         expected_score = -io['y_ema'] / np.asarray(sde.sigma(t))[:, None, None, None]
-    params = reference_import.network_params(exp, os.path.join(REF, f'{name}.pth'), level)
-    score = get_score_fn(exp.model, sde, params)(x, t)
+    params = published.network_params(networks, os.path.join(REF, f'{name}.pth'), level)
+    score = get_score_fn(networks.image_model, sde, params)(x, t)
     np.testing.assert_allclose(score, expected_score, rtol=2e-4, atol=1e-5 * np.abs(expected_score).max())
 
 
 def test_level_input_offset_of_the_reference_ddpmpp_subspace_networks():
     # The reference feeds its sub-VP 16x16 / 8x8 networks D^k x + alpha (1 or 3) (scaler applied after pooling).
     config = _config('cifar10_subvp_ddpmpp', 2, 2)
-    exp = Experiment(Settings.from_config(config), levels=(0, 1, 2))
-    np.testing.assert_allclose(exp.input_offset(1), 1.0)
-    np.testing.assert_allclose(exp.input_offset(2), 3.0)
-    assert exp.input_offset(0) is None
-    params = exp.init_params(jax.random.PRNGKey(0))
+    settings = Settings.from_config(config)
+    nets = Experiment.build(settings, levels=(0, 1, 2)).networks
+    np.testing.assert_allclose(nets.offsets[1], 1.0)
+    np.testing.assert_allclose(nets.offsets[2], 3.0)
+    assert 0 not in nets.offsets
+    params = nets.init_params(jax.random.PRNGKey(0))
     x, t = jax.random.normal(jax.random.PRNGKey(1), (2, 8, 8, 3)), jnp.array([0.3, 0.7])
-    raw = get_score_fn(exp.model, exp.sde, params['level_2'])
-    alpha = exp.sde.alpha(t)[:, None, None, None]
-    np.testing.assert_allclose(exp.score_fn(params, 2)(x, t), raw(x + 3 * alpha, t), rtol=1e-6)
+    raw = get_score_fn(nets.image_model, settings.sde, params['level_2'])
+    alpha = settings.sde.alpha(t)[:, None, None, None]
+    np.testing.assert_allclose(nets.score(params, 2)(x, t), raw(x + 3 * alpha, t), rtol=1e-6)
     config.subspace.scale_after_pooling = False
-    assert Experiment(Settings.from_config(config), levels=(0, 1, 2)).input_offset(2) is None
-    ve = Experiment(_settings('cifar10_ve_ncsnpp', 1, 2), levels=(0, 1))
-    assert ve.input_offset(1) is None  # data in [0, 1]: pooling and scaling commute
+    assert not Experiment.build(Settings.from_config(config), levels=(0, 1, 2)).networks.offsets
+    ve = Experiment.build(_settings('cifar10_ve_ncsnpp', 1, 2), levels=(0, 1))
+    assert not ve.networks.offsets  # data in [0, 1]: pooling and scaling commute
 
 
 def _run(*args, timeout=300):
@@ -225,7 +227,7 @@ def test_bad_imports_are_one_clear_line(tmp_path):
                                    '--import_level=1'),
         (f'{REF}/vp_16.pth', 0, {'model.nf': 16}, 'it has nf=8: set --config.model.nf=8'),
         (f'{REF}/ve_32.pth', 0, {}, 'uses the Fourier time embedding'),
-        (tmp_path / 'missing.pth', 0, {}, 'checkpoint not found'),
+        (tmp_path / 'missing.pth', 0, {}, 'missing.pth does not exist'),
     ]
     for path, level, overrides, expected in cases:
         out = _run('--mode=import', *_flags(tmp_path / 'w', **overrides), f'--import_from={path}',
@@ -238,7 +240,7 @@ def test_bad_imports_are_one_clear_line(tmp_path):
 def test_ve_noise_scales_are_checked(tmp_path):
     config = _config('celebahq256_ve_ncsnpp', 1, 4)
     config.sde.sigma_max = 50.0
-    exp = Experiment(Settings.from_config(config), levels=(0, 1))
-    _, state_dict, _, _ = reference_import.read_reference(os.path.join(REF, 'celebahq_64.pth'))
+    networks = Experiment.build(Settings.from_config(config), levels=(0, 1)).networks
+    _, state_dict, _, _ = published.read_reference(os.path.join(REF, 'celebahq_64.pth'))
     with pytest.raises(ValueError, match='trained with sigma_max=348, .* set --config.sde.sigma_max=348'):
-        reference_import._check_noise_scales(state_dict, exp)
+        published.check_noise_scales(state_dict, networks)

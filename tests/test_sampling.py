@@ -13,19 +13,25 @@ import numpy as np
 import pytest
 
 from gaussian_case import make_case
-from subspace_diffusion.sampling import SamplerConfig, effective_nfe, make_sampler, pc_sample, split_grid
-from subspace_diffusion.sde import SDE
-from subspace_diffusion.subspaces import PoolingChain, Subspace, fit_pca_chain
+from subspace_diffusion.core.pc import PCConfig, split_grid
+from subspace_diffusion.core.sampling import SamplerConfig, cost, make_sampler, sample
+from subspace_diffusion.core.sde import SDE
+from subspace_diffusion.core.subspaces import PoolingChain, Subspace, fit_pca_chain
 
 N_SAMPLES = 20_000
 CUTOFFS = {1: (0.1,), 2: (0.1, 0.2)}
 
 
+def _pc(kind, **pc):
+    """The PC sampler with score-SDE's default eps for the SDE; `pc`: PCConfig fields."""
+    return SamplerConfig('pc', eps=SDE(kind).sampling_eps, pc=PCConfig(**pc))
+
+
 def _cfg(kind):
     # VE: reverse diffusion + Langevin (score-SDE's VE choice); VP/sub-VP: Euler-Maruyama, no corrector.
     if kind == 've':
-        return SamplerConfig(num_steps=200, predictor='reverse_diffusion', corrector='langevin', snr=0.16)
-    return SamplerConfig(num_steps=200, predictor='euler_maruyama', corrector='none')
+        return _pc(kind, num_steps=200, predictor='reverse_diffusion', corrector='langevin', snr=0.16)
+    return _pc(kind, num_steps=200, predictor='euler_maruyama', corrector='none')
 
 
 def _errors(case, x):
@@ -36,9 +42,8 @@ def _errors(case, x):
 
 
 def _run(sde, case, cfg, subspace=None):
-    K = subspace.num_levels if subspace else 0
-    fns = [case.level_score(sde, k) for k in range(K + 1)]
-    f = jax.jit(lambda key: pc_sample(key, N_SAMPLES, sde, fns, cfg, subspace, shape=case.chain.shapes[0])[0])
+    diffusion, fns = case.diffusion(sde, subspace), case.scores(sde, subspace)
+    f = jax.jit(lambda key: sample(key, N_SAMPLES, diffusion, fns, cfg)[0])
     return _errors(case, f(jax.random.PRNGKey(0)))
 
 
@@ -82,39 +87,42 @@ def test_wrong_lift_variance_is_caught(kind):
 
 def test_conditional_langevin_keeps_the_distribution():
     sde, case = SDE('ve'), _case('pooling2', 2)
-    cfg = SamplerConfig(num_steps=200, cond_langevin_steps=3, cond_snr=0.22)
+    cfg = _pc('ve', num_steps=200, cond_langevin_steps=3, cond_snr=0.22)
     mean_err, cov_err = _run(sde, case, cfg, case.subspace(CUTOFFS[2]))
     assert cov_err < 0.07 and mean_err < 0.03
 
 
 def test_zero_levels_is_the_full_sampler_and_nfe():
     sde, case = SDE('ve'), _case('pooling2', 2)
-    cfg = SamplerConfig(num_steps=20)
-    fn = [case.level_score(sde, 0)]
-    x1, nfe_full = pc_sample(jax.random.PRNGKey(1), 8, sde, fn, cfg, shape=(4, 4, 1))
-    sample, nfe = make_sampler(sde, cfg, lambda p: [case.level_score(sde, 0)], shape=(4, 4, 1))
-    np.testing.assert_allclose(sample(None, jax.random.PRNGKey(1), 8), x1, atol=1e-5)
+    cfg = _pc('ve', num_steps=20)
+    full = case.diffusion(sde)
+    x1, _ = sample(jax.random.PRNGKey(1), 8, full, case.scores(sde), cfg)
+    sampler = make_sampler(full, cfg, lambda p: case.scores(sde))
+    x2, nfe = sampler.sample(None, jax.random.PRNGKey(1), 8)
+    np.testing.assert_allclose(x2, x1, atol=1e-5)
     # predictor N-1 + corrector N + denoise 1 network calls, each of cost 1
-    assert nfe == nfe_full == 19 + 20 + 1
+    assert nfe == sampler.cost.effective_nfe == 19 + 20 + 1
     grid, spans = split_grid(20, sde.sampling_eps, 1.0, (0.3, 0.6))
-    sub_nfe = effective_nfe(cfg, case.subspace((0.3, 0.6)), spans)
+    sub_nfe = cost(case.diffusion(sde, case.subspace((0.3, 0.6))), cfg).effective_nfe
     # levels cost 1, 1/4, 1/16 of a full call
     n = {k: b - a for k, (a, b) in spans.items()}
     assert sub_nfe == pytest.approx(2 * n[2] / 16 + 2 * n[1] / 4 + 2 * n[0] - 1 + 1)
     # deterministic for a seed
-    np.testing.assert_array_equal(sample(None, jax.random.PRNGKey(1), 8), sample(None, jax.random.PRNGKey(1), 8))
+    np.testing.assert_array_equal(sampler.sample(None, jax.random.PRNGKey(1), 8)[0], x2)
 
 
 def test_bad_cutoffs_and_config():
     sde, case = SDE('ve'), _case('pooling2', 2)
-    fns = [case.level_score(sde, k) for k in range(3)]
-    cfg = SamplerConfig(num_steps=20)
+    cfg = _pc('ve', num_steps=20)
     for cutoffs, msg in [((0.6, 0.3), 'increasing'), ((0.3, 1.2), 'inside'), ((0.3,), 'one cutoff time per level')]:
         with pytest.raises(ValueError, match=msg):
             case.subspace(cutoffs)
+    subspace = case.subspace((0.999, 0.9999))
     with pytest.raises(ValueError, match='no grid point'):
-        pc_sample(jax.random.PRNGKey(0), 4, sde, fns, cfg, case.subspace((0.999, 0.9999)))
+        sample(jax.random.PRNGKey(0), 4, case.diffusion(sde, subspace), case.scores(sde, subspace), cfg)
     with pytest.raises(ValueError, match='statistics are for chain'):
         Subspace(PoolingChain((8, 8, 1), 2), case.stats(), (0.1, 0.2))
     with pytest.raises(ValueError, match='predictor'):
-        SamplerConfig(predictor='heun')
+        PCConfig(predictor='heun')
+    with pytest.raises(ValueError, match='method'):
+        SamplerConfig(method='euler')

@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from subspace_diffusion.sde import SDE
+from subspace_diffusion.core.sde import SDE
 
 KINDS = ['ve', 'vp', 'subvp']
 

@@ -8,17 +8,20 @@ import re
 import ml_collections
 import pytest
 
-from subspace_diffusion import settings as settings_module
+from subspace_diffusion.core.likelihood import Tolerance
+from subspace_diffusion.core.ode import ODEConfig
+from subspace_diffusion.core.pc import PCConfig
+from subspace_diffusion.core.sampling import SamplerConfig
+from subspace_diffusion.core.sde import SDE
 from subspace_diffusion.models.ncsnpp import Network
-from subspace_diffusion.sampling import SamplerConfig
-from subspace_diffusion.sde import SDE
-from subspace_diffusion.settings import Settings, field_paths
+from subspace_diffusion.run import settings as settings_module
+from subspace_diffusion.run.settings import Settings, field_paths
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, 'configs', '*.py'))
                  if not p.endswith('__init__.py'))
 SECTIONS = [settings_module.Data, settings_module.SubspaceSettings, settings_module.Training, settings_module.Optim,
-            settings_module.Eval, settings_module.Sampling, Network, SDE, SamplerConfig]
+            settings_module.Eval, Network, SDE, SamplerConfig, PCConfig, ODEConfig, Tolerance]
 
 
 def _source(exclude):
@@ -62,7 +65,7 @@ def test_types_are_checked_at_the_boundary():
     config = importlib.import_module('configs.quick_digits').get_config()
     config.training.batch_size = 4
     settings = Settings.from_config(config)
-    assert isinstance(settings.training.batch_size, int) and settings.sampling.pc.eps == 1e-5
+    assert isinstance(settings.training.batch_size, int) and settings.sampling.eps == 1e-5
     # A config file may hold any type (overrides are type-checked by ml_collections, files are not).
     config.optim = ml_collections.ConfigDict({**config.optim.to_dict(), 'lr': 'fast'})
     with pytest.raises(ValueError, match=r"config.optim.lr: must be float, got 'fast'"):

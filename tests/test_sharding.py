@@ -7,17 +7,19 @@ SCRIPT = r'''
 import jax, numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from gaussian_case import make_case
-from subspace_diffusion.sampling import SamplerConfig, pc_sample
-from subspace_diffusion.sde import SDE
-from subspace_diffusion.subspaces import PoolingChain
+from subspace_diffusion.core.diffusion import Diffusion
+from subspace_diffusion.core.pc import PCConfig
+from subspace_diffusion.core.sampling import SamplerConfig, sample
+from subspace_diffusion.core.sde import SDE
+from subspace_diffusion.core.subspaces import PoolingChain
 assert jax.device_count() == 8
 sde = SDE('ve'); case = make_case(PoolingChain((4, 4, 1), 2), [0.3, 0.6])
 fns = [case.level_score(sde, k) for k in range(3)]
-cfg = SamplerConfig(num_steps=30)
+cfg = SamplerConfig('pc', eps=1e-5, pc=PCConfig(num_steps=30))
 mesh = Mesh(np.array(jax.devices()), ('data',))
 sharding = NamedSharding(mesh, P('data'))
-run = lambda s: jax.jit(lambda key: pc_sample(key, 64, sde, fns, cfg, case.subspace((0.1, 0.2)),
-                                             sharding=s)[0])(jax.random.PRNGKey(0))
+run = lambda s: jax.jit(lambda key: sample(key, 64, Diffusion(sde, (4, 4, 1), case.subspace((0.1, 0.2)), s), fns,
+                                           cfg)[0])(jax.random.PRNGKey(0))
 x8, x1 = run(sharding), run(None)
 assert len(x8.sharding.device_set) == 8, x8.sharding
 np.testing.assert_allclose(np.asarray(x8), np.asarray(x1), atol=1e-5)

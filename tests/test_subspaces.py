@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 
 from gaussian_case import dense_basis
-from subspace_diffusion.subspaces import (MatrixChain, PieceStats, PoolingChain, Subspace, compute_stats,
-                                          fit_patch_pca_chain, fit_pca_chain, make_chain)
+from subspace_diffusion.core.subspaces import (MatrixChain, PoolingChain, Subspace, compute_stats, fit_patch_pca_chain,
+                                               fit_pca_chain, make_chain, signature_id)
+from subspace_diffusion.run import statistics
 
 
 def _planted_images(n=600, seed=0):
@@ -95,11 +96,23 @@ def test_stats_match_dense_computation(tmp_path):
         np.testing.assert_allclose(stats.rms_distance[j - 1], np.sqrt((dist ** 2).sum(1).mean() / (192 - chain.dim(j))),
                                    rtol=1e-5)
     path = tmp_path / 'stats.npz'
-    stats.save(path)
-    loaded = PieceStats.load(path, chain)
+    statistics.save(stats, path)
+    loaded = statistics.read(path, 'measure them again')
+    loaded.check(chain)
     np.testing.assert_array_equal(loaded.sigma_perp, stats.sigma_perp)
     with pytest.raises(ValueError, match='subspace_stats'):
-        PieceStats.load(path, PoolingChain((8, 8, 3), 1))
+        loaded.check(PoolingChain((8, 8, 3), 1))
+
+
+def test_fitted_chains_are_told_apart_by_their_bases():
+    # Two PCA (and patch-PCA) chains of the same shapes fitted on other data must not share a statistics file.
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(64, 4, 4, 1)), rng.normal(size=(64, 4, 4, 1)) * np.linspace(1, 2, 16).reshape(4, 4, 1)
+    for kind in ('pca', 'patch_pca'):
+        first, second, again = (make_chain(kind, (4, 4, 1), 1, data=d) for d in (a, b, a))
+        assert first.signature()['shapes'] == second.signature()['shapes']
+        assert signature_id(first.signature()) != signature_id(second.signature())
+        assert signature_id(first.signature()) == signature_id(again.signature())
 
 
 def test_bad_input_errors():

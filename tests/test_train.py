@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from subspace_diffusion import loading, train
-from subspace_diffusion.checkpoints import CheckpointError, Checkpoints
-from subspace_diffusion.experiment import Experiment
+from subspace_diffusion.jobs import train
+from subspace_diffusion.run import loading
+from subspace_diffusion.run.checkpoints import CheckpointError, Checkpoints
+from subspace_diffusion.run.experiment import Experiment
 from tiny import tiny_flags, tiny_settings
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
@@ -41,21 +42,23 @@ def _assert_same(a, b, **tol):
 EIGHT_DEVICES = r'''
 import jax, numpy as np
 from jax.experimental import multihost_utils
-from subspace_diffusion import data, parallel, train, train_state
-from subspace_diffusion.experiment import Experiment
+from subspace_diffusion.jobs import train
+from subspace_diffusion.run import data, parallel, train_state
+from subspace_diffusion.run.experiment import Experiment
 from tiny import tiny_settings
 assert jax.device_count() == 8
 settings = tiny_settings(subspace__train_level=-1)
-exp = Experiment(settings, settings.subspace.train_levels())
-tx = train_state.make_optimizer(settings.optim, exp.param_keys)
-it = data.get_dataset(settings.data, 'train', 16, seed=0)
+exp = Experiment.build(settings, settings.subspace.train_levels())
+tx = train_state.make_optimizer(settings.optim, exp.networks.param_keys)
+it = data.get_dataset(settings.data, 'train', 16)
 batches = [np.stack([next(it)['image'] for _ in range(2)]) for _ in range(2)]
 results = []
 for devices in (jax.devices(), jax.devices()[:1]):
     mesh = parallel.make_mesh(devices)
-    state = jax.jit(lambda k: train_state.init_state(exp, tx, k), out_shardings=parallel.replicated(mesh))(
+    state = jax.jit(lambda k: train_state.init_state(exp.networks, tx, k), out_shardings=parallel.replicated(mesh))(
         jax.random.PRNGKey(0))
-    step = train.make_train_step(exp, tx, mesh, 0, 2)
+    step = train.make_train_step(exp.loss, tx, mesh, train_state.learning_rate(settings.optim),
+                                 settings.training.ema_rate, 0)
     losses = []
     for b in batches:
         state, m = step(state, parallel.global_batch(b, mesh, leading_axes=1))
@@ -84,7 +87,8 @@ def test_eight_devices_match_one_device():
 
 TWO_PROCESSES = r'''
 import sys, jax, numpy as np
-from subspace_diffusion import parallel, train
+from subspace_diffusion.jobs import train
+from subspace_diffusion.run import parallel
 pid, port, workdir = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 parallel.initialize_distributed(f'localhost:{port}', 2, pid)
 from tiny import tiny_settings
@@ -202,11 +206,11 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 
 
 def test_all_levels_and_shared_parameters(tmp_path):
-    exp = Experiment(tiny_settings(subspace__levels=1), levels=(0, 1))
-    assert exp.param_keys == ('level_0', 'level_1')
-    shared = Experiment(tiny_settings(subspace__shared_params=True), levels=(0, 1), shared=True)
-    assert shared.param_keys == ('shared',)
-    params = shared.init_params(jax.random.PRNGKey(0))
+    exp = Experiment.build(tiny_settings(subspace__levels=1), levels=(0, 1))
+    assert exp.networks.param_keys == ('level_0', 'level_1')
+    shared = Experiment.build(tiny_settings(subspace__shared_params=True), levels=(0, 1), shared=True)
+    assert shared.networks.param_keys == ('shared',)
+    params = shared.networks.init_params(jax.random.PRNGKey(0))
     # One parameter set serves both resolutions; both levels' losses reach it.
     total, per_level = shared.loss(params, np.zeros((4, 8, 8, 1), np.float32), jax.random.PRNGKey(1))
     assert set(per_level) == {0, 1} and np.isfinite(total)
@@ -243,9 +247,9 @@ def test_bad_inputs_are_clear_errors_before_compiling(tmp_path):
 
 
 def _ema(settings, workdir):
-    """(EMA parameters, step) of the newest checkpoint of a workdir."""
-    _, state, step = loading.load_state(settings, workdir)
-    return state.ema_params, step
+    """(EMA parameters by level, step) of the newest checkpoint of a workdir."""
+    _, parts, step = loading.load_parts(settings, workdir)
+    return parts['ema_params'], step
 
 
 def test_main_train_writes_config_events_checkpoint_and_grid(tmp_path):

@@ -1,6 +1,6 @@
 """The quick digits config shrunk for tests: 8 px, one U-Net resolution (compiles fast), batch 16, frequent checkpoints."""
 from configs import quick_digits
-from subspace_diffusion.settings import Settings
+from subspace_diffusion.run.settings import Settings
 
 TINY = {
     'data.image_size': 8, 'model.nf': 8, 'model.ch_mult': (1,), 'model.num_res_blocks': 1, 'model.attn_resolutions': (),

@@ -1,4 +1,4 @@
-"""FID, Inception Score and KID formulas on precomputed Inception features/logits (numpy/scipy)."""
+"""FID, Inception Score and KID formulas on precomputed features / logits (numpy, scipy): Inception's or any other."""
 import numpy as np
 import scipy.special
 
@@ -62,8 +62,8 @@ def _mmd2_unbiased_poly(x, y):
                     - 2.0 * kxy.mean())
 
 
-def kernel_inception_distance(f1, f2, subsets=100, subset_size=1000, seed=0):
-    """(N1, D), (N2, D) features -> (mean, std) over random subsets of the unbiased MMD^2, k=(x.y/D+1)^3."""
+def kernel_distance(f1, f2, subsets=100, subset_size=1000, seed=0):
+    """KID in any features: (N1, D), (N2, D) -> (mean, std) over random subsets of the unbiased MMD^2, k=(x.y/D+1)^3."""
     f1, f2 = np.asarray(f1, np.float64), np.asarray(f2, np.float64)
     m = min(subset_size, len(f1), len(f2))
     if m < 2:
@@ -72,17 +72,3 @@ def kernel_inception_distance(f1, f2, subsets=100, subset_size=1000, seed=0):
     vals = [_mmd2_unbiased_poly(f1[rng.choice(len(f1), m, replace=False)],
                                                             f2[rng.choice(len(f2), m, replace=False)]) for _ in range(subsets)]
     return float(np.mean(vals)), float(np.std(vals))
-
-
-def save_stats(path, mu, sigma, features=None):
-    """Writes reference stats npz with keys mu (D,), sigma (D, D) and optionally features (N, D) for KID."""
-    arrays = {"mu": np.asarray(mu), "sigma": np.asarray(sigma)}
-    if features is not None:
-        arrays["features"] = np.asarray(features)
-    np.savez(path, **arrays)
-
-
-def load_stats(path):
-    """Reads a stats npz -> (mu (D,), sigma (D, D), features (N, D) or None)."""
-    with np.load(path) as f:
-        return f["mu"], f["sigma"], (f["features"] if "features" in f.files else None)

@@ -1,13 +1,10 @@
 """FID Inception-v3 (the TF 2015-12-05 graph as ported by pytorch-fid) in Flax linen, NHWC.
 
-Weights: download the pytorch-fid state_dict
+Weights: the pytorch-fid state_dict
     https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth
-If torch is importable, `load_fid_inception_params` reads the .pth directly. Otherwise convert it once to
-.npz on any machine with torch (the npz keys are exactly the state_dict keys):
-    python -c "import torch,numpy as np; sd=torch.load('pt_inception-2015-12-05-6726825d.pth',map_location='cpu'); np.savez('pt_inception-2015-12-05-6726825d.npz',**{k:v.numpy() for k,v in sd.items()})"
+read as a {torch key: array} dict (the run layer reads the .pth without torch, or an .npz with the same keys)
+and converted here by `params_from_state_dict`, which checks every key and shape.
 """
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,11 +12,6 @@ import flax.linen as nn
 
 FID_WEIGHTS_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
                                       "pt_inception-2015-12-05-6726825d.pth")
-WEIGHTS_FLAG = "the `eval.inception_weights` config field (--config.eval.inception_weights=PATH)"
-
-
-class InceptionWeightsMissing(FileNotFoundError):
-    """Raised when the FID Inception weights file is not found locally."""
 
 
 class BasicConv(nn.Module):
@@ -179,43 +171,21 @@ def _torch_entries():
     return out
 
 
-def expected_torch_shapes():
-    """{state_dict key: torch shape} the converter requires."""
-    return {k: s for k, s, _, _ in _torch_entries()}
-
-
-def _read_state_dict(path):
-    if not os.path.exists(path):
-        raise InceptionWeightsMissing(
-                f"FID Inception weights not found at {path!r}. Download {FID_WEIGHTS_URL} ; if torch is not "
-                f"installed convert it to .npz with the one-liner in the docstring of {__name__}; then point "
-                f"{WEIGHTS_FLAG} at the .pth or .npz file.")
-    if path.endswith(".npz"):
-        with np.load(path) as f:
-            return {k: np.asarray(f[k]) for k in f.files}
-    try:
-        import torch
-    except ImportError as e:
-        raise ImportError(f"{path!r} is not an .npz and torch is not importable; convert it with the "
-                                            f"one-liner in the docstring of {__name__}.") from e
-    return {k: v.detach().cpu().numpy() for k, v in torch.load(path, map_location="cpu").items()}
-
-
-def load_fid_inception_params(path):
-    """Reads the pytorch-fid state_dict (.npz or .pth) -> Flax {'params', 'batch_stats'} for FIDInceptionV3."""
-    sd = {k: v for k, v in _read_state_dict(path).items() if not k.endswith("num_batches_tracked")}
+def params_from_state_dict(state_dict: dict, name: str = 'the weights') -> dict:
+    """pytorch-fid state_dict {key: array} -> Flax {'params', 'batch_stats'} of FIDInceptionV3 (one-line errors)."""
+    sd = {k: v for k, v in state_dict.items() if not k.endswith("num_batches_tracked")}
     entries = _torch_entries()
     expected = {k for k, _, _, _ in entries}
     missing, unexpected = sorted(expected - set(sd)), sorted(set(sd) - expected)
     if missing or unexpected:
-        raise ValueError(f"FID Inception weights {path!r} do not match the architecture: "
-                                          f"missing keys {missing[:10]} ({len(missing)} total), "
-                                          f"unexpected keys {unexpected[:10]} ({len(unexpected)} total).")
+        raise ValueError(f"{name} are not the FID Inception weights: {len(missing)} key(s) missing (e.g. "
+                         f"{missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]}); use {FID_WEIGHTS_URL}")
     variables = {"params": {}, "batch_stats": {}}
     for key, shape, col, names in entries:
-        v = sd[key]
+        v = np.asarray(sd[key])
         if tuple(v.shape) != shape:
-            raise ValueError(f"FID Inception weight {key!r} has shape {tuple(v.shape)}, expected {shape}.")
+            raise ValueError(f"{name}: {key} has shape {tuple(v.shape)}, the FID Inception needs {shape}; use "
+                             f"{FID_WEIGHTS_URL}")
         if v.ndim == 4:
             v = v.transpose(2, 3, 1, 0)  # OIHW -> HWIO
         elif v.ndim == 2:
@@ -227,9 +197,8 @@ def load_fid_inception_params(path):
     return variables
 
 
-def get_inception_fn(weights_path):
+def inception_fn(variables: dict):
     """-> jitted fn(images (B,H,W,C) uint8 or [0,1] float, C in {1,3}) -> (pool (B,2048), logits (B,1008))."""
-    variables = load_fid_inception_params(weights_path)
     model = FIDInceptionV3()
 
     @jax.jit

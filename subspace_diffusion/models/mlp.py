@@ -25,11 +25,6 @@ class VectorNetwork:
     scale_by_sigma: bool
     dropout: float
 
-    def __post_init__(self):
-        if self.width < 4 or self.blocks < 1:
-            raise ValueError(f'config.model.mlp_width={self.width} must be >= 4 and config.model.mlp_blocks='
-                             f'{self.blocks} >= 1')
-
     @classmethod
     def like(cls, net: Network, width: int, blocks: int) -> 'VectorNetwork':
         """The MLP that uses `net`'s time embedding and output scaling."""

@@ -4,16 +4,7 @@ VE: the network is fed labels sigma(t) (NCSN++ takes log sigma inside its Fourie
 and, with model.scale_by_sigma, already divides its output by sigma, so the output is the
 score. VP / sub-VP: labels are 999 t and the score is -output / sigma(t).
 """
-import jax.numpy as jnp
-
-from subspace_diffusion.sde import bcast
-
-
-def init_params(model, key, shape, batch=1):
-    """Initialise variables with a (batch, *shape) dummy input, shape (H, W, C)."""
-    x = jnp.zeros((batch,) + tuple(shape), jnp.float32)
-    t = jnp.ones((batch,), jnp.float32)
-    return model.init({"params": key, "dropout": key}, x, t, train=False)
+from subspace_diffusion.core.sde import bcast
 
 
 def get_model_fn(model, params, train=False, dropout_rng=None):

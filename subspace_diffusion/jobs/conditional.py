@@ -1,0 +1,107 @@
+"""main.py --mode=inpaint / --mode=colorize: fill in a mask, or colour, every image of a folder (core/conditional.py).
+
+The sampler is the factory's sampler of `sampling.method` (PC, Heun or DPM-Solver++; the adaptive solver has
+no grid to impose the known part on) with a measurement: the known part replaced after every move.
+"""
+import os
+import time
+
+import jax
+import numpy as np
+from absl import logging
+from PIL import Image
+
+from subspace_diffusion.core import conditional
+from subspace_diffusion.core.sampling import make_sampler
+from subspace_diffusion.run import data, loading, statistics
+from subspace_diffusion.run.files import FileProblem, guarded
+from subspace_diffusion.run.images import IMAGE_EXTENSIONS, image_files, load_images, save_image_grid
+from subspace_diffusion.run.experiment import Experiment
+from subspace_diffusion.run.settings import Settings
+
+
+def load_folder(folder, size, channels):
+    """(file stems, (N, size, size, channels) float32 in [0, 1]) of every image in `folder`, centre-cropped."""
+    if not folder or not os.path.isdir(folder):
+        raise FileNotFoundError(f'input folder not found: config.eval.cond_input_dir={folder!r}')
+    paths = image_files(folder)
+    if not paths:
+        raise ValueError(f'no {"/".join(IMAGE_EXTENSIONS)} images in {folder} (config.eval.cond_input_dir)')
+    return [os.path.splitext(os.path.basename(p))[0] for p in paths], load_images(paths, size, channels)
+
+
+def inpaint_masks(settings: Settings, n, shape):
+    """(n, H, W, 1) masks, 1 = known, from eval.cond_mask: a name of conditional.MASKS or a PNG (white = known)."""
+    name = settings.eval.cond_mask
+    if name.lower().endswith('.png'):
+        fix = 'give a PNG mask of the images\' size, white = known, black = to fill in'
+        with guarded(name, 'mask image', fix):
+            with Image.open(name) as img:
+                img.load()
+                grey = np.asarray(img.convert('L'), np.float32)
+        if grey.shape != tuple(shape[:2]):
+            raise FileProblem(f'mask image {name} is {grey.shape[1]}x{grey.shape[0]}, the images are '
+                              f'{shape[1]}x{shape[0]} (data.image_size): {fix}')
+        if not np.all((grey == 0) | (grey == 255)):
+            raise FileProblem(f'mask image {name} has grey levels other than black and white '
+                              f'({np.mean((grey > 0) & (grey < 255)):.0%} of its pixels): {fix}')
+        return np.broadcast_to((grey == 255).astype(np.float32)[..., None], (n,) + tuple(shape[:2]) + (1,))
+    key = jax.random.PRNGKey(settings.seed)
+    return np.stack([conditional.make_mask(name, shape, jax.random.fold_in(key, i), settings.eval.cond_mask_fraction)
+                     for i in range(n)])
+
+
+def _conditional_job(settings: Settings, workdir, task: str):
+    """Inpaint or colourise every image of eval.cond_input_dir; writes <workdir>/<task>/ (per image and grid.png)."""
+    c = settings.data.num_channels
+    if task == 'colorize' and c != 3:
+        raise ValueError(f'colourisation needs colour data (data.num_channels=3), this config has {c} channel(s)')
+    names, images = load_folder(settings.eval.cond_input_dir, settings.data.image_size, c)
+    K = settings.subspace.levels
+    held = loading.held_levels(workdir)
+    levels = tuple(range(K + 1)) if K and set(range(K + 1)) <= set(held) else (0,)
+    loaded = loading.load_levels(settings, levels, workdir)
+    exp = Experiment.build(settings, levels)
+    stats = statistics.load(settings, exp.chain, workdir) if levels != (0,) else None
+    measurement = conditional.inpainting if task == 'inpaint' else lambda aux: conditional.colorization()
+    sampler = make_sampler(exp.diffusion(stats), settings.sampling, exp.networks.scores, measurement=measurement)
+    n = len(names)
+    scaler, inverse = data.get_scaler(settings.data.centered), data.get_inverse_scaler(settings.data.centered)
+    if task == 'inpaint':
+        masks = inpaint_masks(settings, n, images.shape[1:])
+        shown = images * masks + 0.5 * (1 - masks)  # missing pixels shown grey
+    else:
+        masks = np.ones((n, 1), np.float32)  # colourisation takes no mask
+        shown = np.repeat(images.mean(axis=-1, keepdims=True), 3, axis=-1)
+    logging.info('%s: %d image(s) from %s in the %s, checkpoint step %d, %s (the first batch compiles the '
+                 'sampler) ...', task, n, settings.eval.cond_input_dir, exp.describe(), loaded.sources[0]['step'],
+                 settings.sampling.method)
+    bs = settings.eval.batch_size
+    params = exp.networks.named(loaded.params)
+    results = []
+    t0 = time.perf_counter()
+    for i in range(0, n, bs):
+        x, _ = sampler.sample(params, jax.random.fold_in(jax.random.PRNGKey(settings.seed), i),
+                              scaler(images[i:i + bs]), masks[i:i + bs])
+        results.append(np.clip(inverse(np.asarray(x)), 0., 1.))
+        logging.info('%s: %d/%d images (%.1fs)', task, min(i + bs, n), n, time.perf_counter() - t0)
+    results = np.concatenate(results)
+    out = os.path.join(workdir, task)
+    os.makedirs(out, exist_ok=True)
+    for name, img in zip(names, np.round(results * 255).astype(np.uint8)):
+        Image.fromarray(img[..., 0] if c == 1 else img).save(os.path.join(out, f'{name}.png'))
+    # One row per image: input | masked (or grey) | result.
+    save_image_grid(np.stack([images, shown, results], axis=1).reshape((-1,) + images.shape[1:]),
+                    os.path.join(out, 'grid.png'), ncol=3)
+    logging.info('wrote %d result(s) and grid.png to %s', n, out)
+    return results
+
+
+def inpaint(settings: Settings, workdir):
+    """Fill in the eval.cond_mask region of every image of eval.cond_input_dir; outputs in <workdir>/inpaint/."""
+    return _conditional_job(settings, workdir, 'inpaint')
+
+
+def colorize(settings: Settings, workdir):
+    """Colourise the grey version of every image of eval.cond_input_dir; outputs in <workdir>/colorize/."""
+    return _conditional_job(settings, workdir, 'colorize')

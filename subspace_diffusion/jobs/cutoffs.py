@@ -1,0 +1,84 @@
+"""main.py --mode=cutoffs: the orthogonal Fisher divergence of the full-space model per level, and the cutoffs it implies."""
+import os
+import time
+
+import jax
+import numpy as np
+from absl import logging
+
+from subspace_diffusion.core.cutoffs import choose_cutoff, fisher_divergence_curve
+from subspace_diffusion.run import loading, statistics
+from subspace_diffusion.run.data import training_images
+from subspace_diffusion.run.experiment import Experiment
+from subspace_diffusion.run.files import atomic_json
+from subspace_diffusion.run.settings import Settings
+
+
+def _take(batches, n):
+    """The first n examples of an iterator of (B, ...) batches, as batches."""
+    for x in batches:
+        yield x[:n]
+        n -= x.shape[0]
+        if n <= 0:
+            return
+
+
+def cutoffs(settings: Settings, workdir):
+    """Orthogonal Fisher divergence of the full-space model for every level; writes cutoffs.json and cutoffs.png."""
+    sub = settings.subspace
+    if not sub.levels:
+        raise ValueError('--mode=cutoffs needs a subspace chain: set config.subspace.levels >= 1')
+    exp = Experiment.build(settings, levels=(0,))
+    loaded = loading.load_levels(settings, (0,), workdir)
+    step = loaded.sources[0]['step']
+    subspace = exp.subspace(statistics.load(settings, exp.chain, workdir))
+    score = exp.networks.score(exp.networks.named(loaded.params), 0)
+    sde, chain = settings.sde, exp.chain
+    ts = np.linspace(sde.sampling_eps, sde.T, sub.cutoff_times_num)
+    n = sub.cutoff_num_examples
+    logging.info('cutoffs of the %s: full-space model at step %d, %d times in [%.0e, %g], %d training examples',
+                 subspace.describe(), step, len(ts), ts[0], ts[-1], n)
+    levels = []
+    for k in range(1, chain.num_levels + 1):
+        t0 = time.perf_counter()
+        # The same key for every level: all curves see the same x_t, so they compare without extra noise.
+        curve = fisher_divergence_curve(jax.random.PRNGKey(settings.seed), sde, subspace, k, score,
+                                        _take(training_images(settings.data, sub.cutoff_batch_size), n), ts)
+        cutoff = choose_cutoff(ts, curve, sub.cutoff_threshold)
+        levels.append({'level': k, 'shape': list(chain.shapes[k]), 'divergence': curve.tolist(), 'cutoff': cutoff})
+        logging.info('level %d (%s): D(t) from %.3e at t=%.2g to %.3e at t=%g; cutoff at %g: %s (%.1fs)', k,
+                     'x'.join(map(str, chain.shapes[k])), curve[0], ts[0], curve[-1], ts[-1], sub.cutoff_threshold,
+                     'none (D never falls below)' if cutoff is None else f'{cutoff:.3f}', time.perf_counter() - t0)
+    result = {'step': step, 'threshold': sub.cutoff_threshold, 'num_examples': n, 'sde': sde.kind,
+              'ts': ts.tolist(), 'levels': levels}
+    path = os.path.join(workdir, 'cutoffs.json')
+    atomic_json(path, result)
+    plot_cutoffs(result, os.path.join(workdir, 'cutoffs.png'))
+    chosen = [row['cutoff'] for row in levels]
+    if all(c is not None for c in chosen):
+        logging.info('suggested: --config.subspace.cutoffs="(%s)"', ', '.join(f'{c:.3f}' for c in chosen))
+    logging.info('wrote %s and cutoffs.png', path)
+    return result
+
+
+def plot_cutoffs(result, path):
+    """Log-scale D(t) per level with the threshold and the chosen cutoffs, as a PNG (matplotlib, Agg)."""
+    import matplotlib  # only this plot needs it
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for row in result['levels']:
+        line, = ax.semilogy(result['ts'], np.maximum(row['divergence'], 1e-12), marker='o', markersize=3,
+                            label=f"level {row['level']} ({'x'.join(map(str, row['shape'][:2]))})")
+        if row['cutoff'] is not None:
+            ax.axvline(row['cutoff'], color=line.get_color(), linestyle=':', linewidth=1)
+    ax.axhline(result['threshold'], color='k', linestyle='--', linewidth=1, label=f"threshold {result['threshold']:g}")
+    ax.set_xlabel('t')
+    ax.set_ylabel('orthogonal Fisher divergence D(t)')
+    ax.set_title(f"{result['sde'].upper()} model, step {result['step']}, {result['num_examples']} examples")
+    ax.grid(True, which='both', alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

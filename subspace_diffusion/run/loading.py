@@ -1,0 +1,106 @@
+"""Trained or imported parameters of workdirs, by level: the one place that knows which parameter sets exist.
+
+A checkpoint records its levels and whether one network is shared. Sampling jobs (eval, cutoffs,
+inpaint / colourise, the Python API) get {level: EMA parameters} through `load_levels`, which reads only
+the EMA entries of the checkpoint (an Orbax partial restore: the optimiser state is never loaded).
+"""
+import dataclasses
+import os
+from typing import Optional, Sequence
+
+from subspace_diffusion.run import parallel
+from subspace_diffusion.run.checkpoints import Checkpoints
+from subspace_diffusion.run.experiment import level_shapes
+from subspace_diffusion.run.networks import Networks
+from subspace_diffusion.run.settings import Settings
+from subspace_diffusion.run.train_state import abstract_params, checkpoint_meta
+
+
+@dataclasses.dataclass
+class Levels:
+    """EMA parameters by level ({k: params}) and where each came from ({k: {'workdir', 'step'}})."""
+
+    params: dict
+    sources: dict
+
+
+def _no_checkpoint(root) -> FileNotFoundError:
+    return FileNotFoundError(f'no checkpoint in {root}: train first (main.py --mode=train), import one '
+                             f'(main.py --mode=import) or point at the right workdir')
+
+
+def load_parts(settings: Settings, workdir, step: Optional[int] = None, parts=('ema_params',), mesh=None):
+    """(networks of the checkpoint's levels, {part: {level: params}}, step) of `workdir` at `step` (default latest).
+
+    parts: which parameter dicts of the train state to read ('ema_params', 'params'); nothing else is loaded.
+    """
+    ckpts = Checkpoints(workdir, read_only=True)
+    try:
+        step = ckpts.latest_step() if step is None else step
+        if step is None:
+            raise _no_checkpoint(ckpts.root)
+        meta = ckpts.read_meta(step)
+        shapes = level_shapes(settings)
+        if max(meta['levels']) >= len(shapes):
+            raise ValueError(f'the checkpoint at step {step} in {workdir} holds levels {meta["levels"]}, the config\'s '
+                             f'chain has levels 0..{len(shapes) - 1}: set config.subspace.levels as it was trained')
+        networks = Networks.build(settings, {k: shapes[k] for k in meta['levels']},
+                                  shared=meta['param_keys'] == ['shared'])
+        abstract = abstract_params(networks, mesh or parallel.make_mesh())
+        state, _ = ckpts.restore({part: abstract for part in parts}, checkpoint_meta(networks), step, partial=True)
+    finally:
+        ckpts.close()
+    return networks, {part: networks.by_level(state[part]) for part in parts}, step
+
+
+def held_levels(workdir, step: Optional[int] = None) -> tuple:
+    """The levels the workdir's checkpoint at `step` (default latest) holds; () without a checkpoint."""
+    ckpts = Checkpoints(workdir, read_only=True)
+    try:
+        step = ckpts.latest_step() if step is None else step
+        return () if step is None else tuple(ckpts.read_meta(step)['levels'])
+    finally:
+        ckpts.close()
+
+
+def level_workdirs(settings: Settings, workdir, levels: Sequence[int]) -> list:
+    """Workdir of each level 0..max(levels): eval.level_workdirs (index = level, '' = workdir), or `workdir` for all."""
+    dirs = settings.eval.level_workdirs
+    if not dirs:
+        dirs = (workdir,) * (max(levels) + 1)
+    elif len(dirs) <= max(levels):
+        raise ValueError(f'config.eval.level_workdirs names {len(dirs)} workdir(s) but sampling needs levels '
+                         f'{list(levels)}: give one workdir per level (index = level; "" = --workdir)')
+    dirs = [os.path.abspath(d or workdir) for d in dirs]
+    for k in levels:
+        if not os.path.isdir(os.path.join(dirs[k], 'checkpoints')):
+            raise FileNotFoundError(f'no checkpoints in {dirs[k]} (level {k}): train that level there first '
+                                    f'(main.py --mode=train, subspace.train_level={k} or -1) or import it '
+                                    f'(--mode=import), or fix --workdir / config.eval.level_workdirs')
+    return dirs
+
+
+def load_levels(settings: Settings, levels: Sequence[int], workdir, step: Optional[int] = None, mesh=None) -> Levels:
+    """EMA parameters of `levels` for sampling, each from its workdir (`level_workdirs`), the optimiser left on disk.
+
+    Level 0's workdir is read at `step` (default latest); levels from other workdirs (trained separately)
+    at their latest checkpoint. A level no checkpoint holds is one error naming how to get it.
+    """
+    levels = tuple(levels)
+    dirs = level_workdirs(settings, workdir, levels)
+    loaded, params, sources = {}, {}, {}
+    for k in levels:
+        d = dirs[k]
+        want = step if d == dirs[levels[0]] else None
+        if (d, want) not in loaded:
+            _, parts, got = load_parts(settings, d, want, mesh=mesh)
+            loaded[(d, want)] = (parts['ema_params'], got)
+        held, got = loaded[(d, want)]
+        if k not in held:
+            raise ValueError(f'the checkpoint at step {got} in {d} holds levels {sorted(held)}, not level {k}: '
+                             f'train it (--config.subspace.train_level={k}, or -1 for every level), import it '
+                             f'(--mode=import --import_level={k}), or name its workdir at index {k} of '
+                             f'config.eval.level_workdirs')
+        params[k] = held[k]
+        sources[k] = {'workdir': d, 'step': int(got)}
+    return Levels(params, sources)

@@ -1,0 +1,199 @@
+"""Sample quality against a split's reference statistics: FID / IS / KID, and the download-free Frechet distances.
+
+A `Scorer` is built before anything is sampled, so missing or wrong weights show at once: the FID
+Inception when eval.inception_weights names a file (read without torch and without unpickling, or an
+.npz), the classifier of a labelled small-image dataset (trained here once, cached in the workdir), and
+the pixel features of small images. Reference statistics are cached in the workdir under a name keyed on
+the split's content (dataset, files, size), so other data are scored against statistics of their own.
+"""
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from subspace_diffusion.metrics import classifier, fid, inception
+from subspace_diffusion.run import data, parallel, pth
+from subspace_diffusion.run.files import FileProblem, atomic_npz, check_file, read_npz
+from subspace_diffusion.run.images import to_uint8
+from subspace_diffusion.run.progress import fmt_duration
+from subspace_diffusion.run.settings import Settings
+
+KID_REFERENCE_FEATURES = 10_000  # reference features kept for KID (its subsets hold 1,000)
+INCEPTION_BATCH = 200  # images per Inception call (299 px activations dominate memory)
+CLASSIFIERS = {'digits': classifier.MLP, 'mnist': classifier.CNN, 'fashionmnist': classifier.CNN}
+KID_FEATURES = ('classifier', 'inception')  # feature sets whose KID is reported
+
+
+def _batched(fn, images, batch):
+    """fn over (N, ...) in fixed-size batches (the last padded, so one compiled shape) -> list of (N, ...) outputs."""
+    outs = []
+    for i in range(0, len(images), batch):
+        chunk = images[i:i + batch]
+        outs.append([np.asarray(o)[:len(chunk)] for o in fn(parallel.pad_rows(chunk, batch))])
+    return [np.concatenate(parts) for parts in zip(*outs)]
+
+
+def read_inception(path) -> dict:
+    """The FID Inception variables from eval.inception_weights: pytorch-fid's .pth (no torch needed) or an .npz."""
+    fix = (f'point config.eval.inception_weights at pytorch-fid\'s {os.path.basename(inception.FID_WEIGHTS_URL)} '
+           f'({inception.FID_WEIGHTS_URL}), or leave it empty to skip FID / IS / KID')
+    check_file(path, 'FID Inception weights', fix)
+    if path.endswith('.npz'):
+        state_dict = read_npz(path, 'FID Inception weights', fix)
+    else:
+        try:
+            state_dict = pth.load(path)
+        except pth.PthError as e:
+            raise FileProblem(f'FID Inception weights: {e}; {fix}') from None
+        if not isinstance(state_dict, dict):
+            raise FileProblem(f'FID Inception weights {path} hold a {type(state_dict).__name__}, not a state_dict: '
+                              f'{fix}')
+    return inception.params_from_state_dict(state_dict, f'FID Inception weights {path}')
+
+
+class ClassifierFeatures:
+    """The dataset's cached classifier as a feature extractor: __call__ uint8 (N, H, W, C) -> (N, D)."""
+
+    def __init__(self, settings: Settings, workdir):
+        d = settings.data
+        self.spec = CLASSIFIERS[d.dataset]
+        path = os.path.join(workdir, f'proxy_classifier_{d.dataset}_{d.image_size}_{data.content_id(d, "train")}.npz')
+        fix = 'delete it to train the classifier again'
+        try:
+            arrays = read_npz(path, 'cached classifier', fix, required=('test_accuracy',)) \
+                if os.path.exists(path) else None
+        except FileProblem as e:
+            logging.warning('%s; training it again', e)
+            arrays = None
+        if arrays is not None:
+            self.test_accuracy = float(arrays.pop('test_accuracy'))
+            self.params = {k: jnp.asarray(v) for k, v in arrays.items()}
+        else:
+            self.params, self.test_accuracy = self._train(d)
+            if parallel.is_main_process():
+                atomic_npz(path, test_accuracy=self.test_accuracy, **self.params)
+            logging.info('trained the %s classifier of %s (test accuracy %.4f), cached at %s', self.spec.kind,
+                         d.dataset, self.test_accuracy, path)
+        self._fn = jax.jit(lambda x: classifier.features(self.spec, self.params, x))
+
+    def _train(self, d):
+        logging.info('training the %s classifier of %s for the classifier Frechet distance (%d steps) ...',
+                     self.spec.kind, d.dataset, self.spec.steps)
+        x, y = data.labelled_split(d, 'train')
+        x_test, y_test = data.labelled_split(d, 'test')
+        params = classifier.train(self.spec, x, y, jax.random.PRNGKey(0))
+        return params, classifier.accuracy(self.spec, params, x_test, y_test)
+
+    def __call__(self, images) -> np.ndarray:
+        x = classifier.pixel_features(images).reshape(np.shape(images))
+        return _batched(lambda b: (self._fn(jnp.asarray(b)),), x, 1000)[0]
+
+
+class Scorer:
+    """Every feature set that applies to the data, loaded before sampling; `score(images)` against the reference."""
+
+    def __init__(self, settings: Settings, workdir):
+        self.settings, self.workdir = settings, workdir
+        self.features = {}
+        if classifier.pixel_fd_applies(settings.data.shape):
+            self.features['pixel'] = classifier.pixel_features
+        if settings.data.dataset in CLASSIFIERS:
+            self.classifier = ClassifierFeatures(settings, workdir)
+            self.features['classifier'] = self.classifier
+        self.inception = None
+        if settings.eval.inception_weights:
+            self.inception = inception.inception_fn(read_inception(settings.eval.inception_weights))
+        else:
+            logging.info('FID / IS / KID skipped: no FID Inception weights (config.eval.inception_weights; see %s)',
+                         inception.FID_WEIGHTS_URL)
+
+    @property
+    def names(self) -> list:
+        """The feature sets in use."""
+        return sorted(self.features) + (['inception'] if self.inception is not None else [])
+
+    def extract(self, images) -> dict:
+        """{name: (N, D) features} of uint8 images (N, H, W, C) for every feature set in use."""
+        feats = {name: fn(images) for name, fn in self.features.items()}
+        if self.inception is not None:
+            feats['inception'], feats['inception_logits'] = _batched(self.inception, images, INCEPTION_BATCH)
+        return feats
+
+    def ref_stats_path(self) -> str:
+        """eval.ref_stats_path, or <workdir>/ref_stats_<dataset>_<size>_<content id>.npz."""
+        d, ev = self.settings.data, self.settings.eval
+        name = f'ref_stats_{d.dataset}_{d.image_size}_{data.content_id(d, ev.ref_split)}.npz'
+        return ev.ref_stats_path or os.path.join(self.workdir, name)
+
+    def write_reference(self) -> dict:
+        """Reference statistics {name}_mu, {name}_sigma (and KID features) of split eval.ref_split, written."""
+        d, split = self.settings.data, self.settings.eval.ref_split
+        logging.info('reference features of %s/%s (%s) ...', d.dataset, split, ', '.join(self.names))
+        parts, n, t0 = [], 0, time.perf_counter()
+        for i, batch in enumerate(data.split_batches(d, split)):  # streamed: only features stay in memory
+            parts.append(self.extract(to_uint8(batch)))
+            n += len(batch)
+            if (i + 1) % 20 == 0:
+                logging.info('reference features: %d images (%.0f images/s)', n, n / (time.perf_counter() - t0))
+        feats = {name: np.concatenate([p[name] for p in parts]) for name in parts[0] if name != 'inception_logits'}
+        arrays = {'split': np.array(split), 'num_examples': np.array(n)}
+        for name, f in feats.items():
+            arrays[f'{name}_mu'], arrays[f'{name}_sigma'] = fid.feature_stats(f)
+            if name in KID_FEATURES:
+                arrays[f'{name}_features'] = f[:KID_REFERENCE_FEATURES]
+        path = self.ref_stats_path()
+        if parallel.is_main_process():
+            atomic_npz(path, **arrays)
+            logging.info('reference statistics of %s/%s (%d images in %s) written to %s', d.dataset, split, n,
+                         fmt_duration(time.perf_counter() - t0), path)
+        return arrays
+
+    def reference(self) -> dict:
+        """Reference statistics for every feature set in use; computed as --mode=fid_stats does when absent."""
+        path = self.ref_stats_path()
+        needed = [f'{n}_mu' for n in self.names] + [f'{n}_features' for n in self.names if n in KID_FEATURES]
+        if os.path.exists(path):
+            explicit = bool(self.settings.eval.ref_stats_path)
+            fix = ('point config.eval.ref_stats_path at statistics written by --mode=fid_stats' if explicit
+                   else 'delete it to compute the reference statistics again')
+            try:
+                ref = read_npz(path, 'reference statistics', fix, required=('split', 'num_examples'))
+            except FileProblem as e:
+                if explicit:
+                    raise
+                logging.warning('%s; computing them again', e)
+                return self.write_reference()
+            if all(k in ref for k in needed):
+                return ref
+            logging.info('%s lacks %s: recomputing the reference statistics', path, [k for k in needed if k not in ref])
+        else:
+            logging.info('no reference statistics at %s: computing them (main.py --mode=fid_stats does this alone)',
+                         path)
+        return self.write_reference()
+
+    def score(self, images) -> dict:
+        """Frechet distances (pixel, classifier, Inception), KID and IS of uint8 samples (N, H, W, C)."""
+        out = {} if self.inception else {'inception_metrics': 'skipped: no FID Inception weights (eval.inception_weights)'}
+        if not self.names:
+            return out  # large images without Inception weights: no Frechet distance applies
+        feats = self.extract(images)
+        ref = self.reference()
+        out['reference'] = f'{self.ref_stats_path()} ({ref["split"]} split, {int(ref["num_examples"])} images)'
+        if 'classifier' in feats:
+            out['classifier_test_accuracy'] = self.classifier.test_accuracy
+        for name in ('pixel', 'classifier', 'inception'):
+            if name in feats:
+                mu, sigma = fid.feature_stats(feats[name])
+                key = 'fid' if name == 'inception' else f'{name}_fd'
+                out[key] = fid.frechet_distance(mu, sigma, ref[f'{name}_mu'], ref[f'{name}_sigma'])
+        for name in KID_FEATURES:
+            if name in feats and len(images) >= 2:
+                key = 'kid' if name == 'inception' else f'{name}_kid'
+                out[key], out[f'{key}_std'] = fid.kernel_distance(feats[name], ref[f'{name}_features'])
+        if self.inception is not None:
+            out['inception_score'], out['inception_score_std'] = fid.inception_score(
+                feats['inception_logits'], splits=min(10, len(images)))
+        return out

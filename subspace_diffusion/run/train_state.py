@@ -1,0 +1,86 @@
+"""What a training checkpoint holds: the train state, its optimiser, and the record checked on restore.
+
+Shared by training (which writes and resumes it), loading (which reads its EMA parameters alone) and the
+import of published checkpoints (which writes one), so the three agree on one format.
+"""
+import dataclasses
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from subspace_diffusion.run import parallel
+from subspace_diffusion.run.networks import Networks
+from subspace_diffusion.run.settings import Optim
+
+
+class TrainState(flax.struct.PyTreeNode):
+    """Everything a checkpoint must hold to resume: step, parameters, their EMA and the optimiser state."""
+
+    step: jax.Array
+    params: dict
+    ema_params: dict
+    opt_state: optax.OptState
+
+
+def learning_rate(optim: Optim):
+    """Schedule step -> lr: linear warmup over optim.warmup steps to optim.lr, then constant (score-SDE)."""
+    lr, warmup = optim.lr, optim.warmup
+    if warmup <= 0:
+        return lambda step: jnp.asarray(lr, jnp.float32)
+    return lambda step: lr * jnp.minimum((step + 1) / warmup, 1.0)
+
+
+def make_optimizer(optim: Optim, param_keys) -> optax.GradientTransformation:
+    """Global-norm clipping then Adam or AdamW, applied to each parameter set independently.
+
+    Clipping per set keeps a multi-level run identical to training each level on its own. 'Adam' takes
+    weight decay as torch's Adam (and score-SDE) does, an L2 term added to the gradient; 'AdamW' decouples it.
+    """
+    schedule = learning_rate(optim)
+
+    def one():
+        clip = [optax.clip_by_global_norm(optim.grad_clip)] if optim.grad_clip > 0 else []
+        if optim.optimizer.lower() == 'adamw':
+            return optax.chain(*clip, optax.adamw(schedule, b1=optim.beta1, eps=optim.eps,
+                                                  weight_decay=optim.weight_decay))
+        decay = [optax.add_decayed_weights(optim.weight_decay)] if optim.weight_decay else []
+        return optax.chain(*clip, *decay, optax.scale_by_adam(b1=optim.beta1, eps=optim.eps),
+                           optax.scale_by_learning_rate(schedule))
+
+    return optax.multi_transform({k: one() for k in param_keys},
+                                 lambda params: {k: jax.tree.map(lambda _: k, v) for k, v in params.items()})
+
+
+def init_state(networks: Networks, tx, key) -> TrainState:
+    """Fresh state: step 0, new parameters, EMA equal to them."""
+    params = networks.init_params(key)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params, opt_state=tx.init(params))
+
+
+def abstract_state(networks: Networks, tx, mesh):
+    """Shapes, dtypes and (replicated) shardings of the train state, for restoring without initialising."""
+    return _on_mesh(jax.eval_shape(lambda k: init_state(networks, tx, k), jax.random.PRNGKey(0)), mesh)
+
+
+def abstract_params(networks: Networks, mesh) -> dict:
+    """Shapes, dtypes and (replicated) shardings of one parameter dict, e.g. to restore the EMA parameters alone."""
+    return _on_mesh(jax.eval_shape(networks.init_params, jax.random.PRNGKey(0)), mesh)
+
+
+def _on_mesh(shapes, mesh):
+    repl = parallel.replicated(mesh)
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=repl), shapes)
+
+
+def checkpoint_meta(networks: Networks) -> dict:
+    """What a checkpoint must agree on with the settings that restore it (checked field by field)."""
+    net = networks.image_model.net
+    return {'param_keys': list(networks.param_keys), 'levels': list(networks.levels),
+            'level_shapes': [list(networks.shapes[k]) for k in networks.levels], 'sde': networks.sde.kind,
+            'network': {f.name: _json(getattr(net, f.name)) for f in dataclasses.fields(net)}}
+
+
+def _json(value):
+    return list(value) if isinstance(value, tuple) else value
