@@ -16,7 +16,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from results import save_result  # noqa: E402
-from subspace_diffusion import data  # noqa: E402
+from subspace_diffusion.run import data  # noqa: E402
+from subspace_diffusion.run.settings import Settings  # noqa: E402
 
 STEP, EXAMPLES, BATCH = 10_000, 1_000, 128
 
@@ -29,16 +30,16 @@ def _first_batch(make):
 
 def main():
     import tensorflow_datasets as tfds
-    config = importlib.import_module('configs.cifar10_ve_ncsnpp').get_config()
+    d = Settings.from_config(importlib.import_module('configs.cifar10_ve_ncsnpp').get_config()).data
     result = {'command': 'python benchmarks/bench_data_resume.py', 'mock_examples': EXAMPLES, 'batch': BATCH,
               'resume_step': STEP}
     with tfds.testing.mock_data(num_examples=EXAMPLES):
         for step in (0, STEP):
             result[f'first_batch_s_at_step_{step}'] = _first_batch(
-                lambda: data.get_dataset(config, 'train', BATCH, seed=0, start_step=step))
+                lambda: data.get_dataset(d, 'train', BATCH, shard=data.Shard(start_step=step)))
 
         def skipping():
-            source = data.DATASETS['cifar10'][1](config, 'train', 0, 1)
+            source = data.DATASETS['cifar10'](d, 'train', data.Shard())
             ds = source.records(True, 0).map(source.decode).shuffle(data.SHUFFLE_BUFFER, seed=0).repeat()
             return ds.batch(BATCH, drop_remainder=True).skip(STEP).as_numpy_iterator()
         result[f'first_batch_s_skipping_{STEP}_batches'] = _first_batch(skipping)

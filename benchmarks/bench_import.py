@@ -42,11 +42,12 @@ def main():
 
         from flax import traverse_util
 
-        from subspace_diffusion import loading
         from subspace_diffusion.models import convert
+        from subspace_diffusion.run import loading
+        from subspace_diffusion.run.settings import Settings
         config = importlib.import_module(f'configs.{CONFIGS[made["config"]]}').get_config()
-        _, ema, step = loading.load_trained(config, workdir)
-        flat = traverse_util.flatten_dict(ema['level_0'])
+        _, parts, step = loading.load_parts(Settings.from_config(config), workdir)
+        flat = traverse_util.flatten_dict(parts['ema_params'][0])
         by_key = {convert.torch_key(path): (path, value) for path, value in flat.items()}
         worst = 0.0
         for key, values in made['ema_probe'].items():

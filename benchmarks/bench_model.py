@@ -14,8 +14,7 @@ import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import cifar10_ve_ncsnpp  # noqa: E402
-from subspace_diffusion.models.ncsnpp import NCSNpp  # noqa: E402
-from subspace_diffusion.models.score import init_params  # noqa: E402
+from subspace_diffusion.run.experiment import Experiment  # noqa: E402
 from subspace_diffusion.run.settings import Settings  # noqa: E402
 from timing import median_time  # noqa: E402
 
@@ -40,9 +39,9 @@ def main():
     parser.add_argument("--batch", type=int, default=8, help="batch at 32 px")
     parser.add_argument("--equal_pixels", action="store_true", help="scale the batch by (32 / res)^2")
     args = parser.parse_args()
-    settings = Settings.from_config(cifar10_ve_ncsnpp.get_config())
-    model = NCSNpp(net=settings.network)
-    params = init_params(model, jax.random.PRNGKey(0), settings.data.shape)["params"]
+    networks = Experiment.build(Settings.from_config(cifar10_ve_ncsnpp.get_config()), levels=(0,)).networks
+    model = networks.image_model
+    params = networks.init_params(jax.random.PRNGKey(0))["level_0"]
 
     def forward(p, x, t):
         return model.apply({"params": p}, x, t, train=False)

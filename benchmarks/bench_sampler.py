@@ -14,7 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from subspace_diffusion.sampling import SamplerConfig, langevin_step, predictor_step, pc_sample, split_grid  # noqa
+from subspace_diffusion.core.diffusion import Diffusion  # noqa: E402
+from subspace_diffusion.core.pc import Langevin, PCConfig, langevin_step, predictor_step, split_grid  # noqa: E402
+from subspace_diffusion.core.sampling import SamplerConfig, sample  # noqa: E402
 from subspace_diffusion.core.sde import SDE  # noqa: E402
 from subspace_diffusion.core.subspaces import PieceStats, PoolingChain, Subspace  # noqa: E402
 from timing import median_time  # noqa: E402
@@ -51,7 +53,7 @@ def main():
                        rms_distance=np.zeros(2), signature=chain.signature())
     score = conv_score(args.width, 3, jax.random.PRNGKey(0))
     fns = [score] * 3
-    cfg = SamplerConfig(num_steps=args.steps)
+    cfg = SamplerConfig('pc', eps=sde.sampling_eps, pc=PCConfig(num_steps=args.steps))
     key = jax.random.PRNGKey(1)
 
     per_level = []
@@ -62,9 +64,9 @@ def main():
     calls = {k: 2 * (b - a) for k, (a, b) in spans.items()}  # predictor + 1 corrector per grid point
     ideal = sum(calls[k] * per_level[k] for k in calls) / (sum(calls.values()) * per_level[0])
 
-    full = jax.jit(lambda key: pc_sample(key, args.batch, sde, [score], cfg, shape=chain.shapes[0])[0])
-    subspace = Subspace(chain, stats, args.cutoffs)
-    sub = jax.jit(lambda key: pc_sample(key, args.batch, sde, fns, cfg, subspace)[0])
+    full = jax.jit(lambda key: sample(key, args.batch, Diffusion(sde, chain.shapes[0]), [score], cfg)[0])
+    subspace = Diffusion(sde, chain.shapes[0], Subspace(chain, stats, args.cutoffs))
+    sub = jax.jit(lambda key: sample(key, args.batch, subspace, fns, cfg)[0])
     t_full, t_sub = median_time(full, key, reps=3), median_time(sub, key, reps=3)
 
     grid = np.linspace(1.0, sde.sampling_eps, args.steps)
@@ -72,8 +74,8 @@ def main():
     @jax.jit
     def one_step(x, key, t, s):
         kc, kp = jax.random.split(key)
-        x = langevin_step(score, x, t, kc, cfg.snr, 1, 1.0)
-        return predictor_step(cfg.predictor, sde, score, x, t, s, kp)[0]
+        x = langevin_step(score, x, t, kc, Langevin(cfg.pc.snr, 1, 1.0))
+        return predictor_step(cfg.pc.predictor, sde, score, x, t, s, kp)[0]
 
     def loop(key):
         x = sde.prior_sample(key, (args.batch,) + chain.shapes[0])

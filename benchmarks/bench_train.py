@@ -16,21 +16,23 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import cifar10_ve_ncsnpp, quick_digits  # noqa: E402
-from subspace_diffusion import parallel, train, train_state  # noqa: E402
+from subspace_diffusion.jobs import train  # noqa: E402
+from subspace_diffusion.run import parallel, train_state  # noqa: E402
 from subspace_diffusion.run.experiment import Experiment  # noqa: E402
 from subspace_diffusion.run.settings import Settings  # noqa: E402
 
 
 def examples_per_sec(settings, n_jit, calls):
     """(examples/s per device, compile+first-call seconds) of the training step of `settings`."""
-    exp = Experiment(settings, settings.subspace.train_levels())
-    tx = train_state.make_optimizer(settings.optim, exp.param_keys)
+    exp = Experiment.build(settings, settings.subspace.train_levels())
+    tx = train_state.make_optimizer(settings.optim, exp.networks.param_keys)
     mesh = parallel.make_mesh()
-    state = jax.jit(lambda k: train_state.init_state(exp, tx, k), out_shardings=parallel.replicated(mesh))(
+    state = jax.jit(lambda k: train_state.init_state(exp.networks, tx, k), out_shardings=parallel.replicated(mesh))(
         jax.random.PRNGKey(0))
-    step = train.make_train_step(exp, tx, mesh, 0, n_jit)
+    step = train.make_train_step(exp.loss, tx, mesh, train_state.learning_rate(settings.optim),
+                                 settings.training.ema_rate, 0)
     b = settings.training.batch_size
-    local = np.random.default_rng(0).random((n_jit, b) + exp.level_shape(0), np.float32)
+    local = np.random.default_rng(0).random((n_jit, b) + settings.data.shape, np.float32)
     batch = parallel.global_batch(local, mesh, leading_axes=1)
     t0 = time.perf_counter()
     state, m = step(state, batch)

@@ -24,34 +24,33 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from configs import quality_digits  # noqa: E402
 from results import save_result  # noqa: E402
-from subspace_diffusion import data, loading, quality  # noqa: E402
+from subspace_diffusion.core.sampling import cost, make_sampler  # noqa: E402
+from subspace_diffusion.run import data, loading, statistics  # noqa: E402
 from subspace_diffusion.run.experiment import Experiment  # noqa: E402
+from subspace_diffusion.run.images import to_uint8  # noqa: E402
 from subspace_diffusion.run.progress import fmt_duration  # noqa: E402
-from subspace_diffusion.sampling import effective_nfe, sampling_eps, split_grid  # noqa: E402
+from subspace_diffusion.run.quality import Scorer  # noqa: E402
 from subspace_diffusion.run.settings import Settings  # noqa: E402
 
 METHODS = ('pc', 'ode_heun', 'dpm_solver++')
 
 
-def _settings(cutoffs, levels, **sampling):
+def _settings(cutoffs, levels, method, budget, rule):
     config = quality_digits.get_config()
     config.subspace.levels, config.subspace.cutoffs = levels, tuple(cutoffs[:levels])
-    settings = Settings.from_config(config)
-    return dataclasses.replace(settings, sampling=dataclasses.replace(settings.sampling, **sampling))
+    config.sampling.method, config.sampling.nfe_budget, config.sampling.budget_rule = method, budget, rule
+    return Settings.from_config(config)
 
 
-def _pc_steps(settings, exp, stats, target):
-    """The PC grid size whose effective NFE is closest to `target` (at least one point per stage)."""
-    subspace = exp.sampling_subspace(stats)
-    cutoffs = subspace.cutoffs if subspace else ()
+def _pc_steps(sampling, diffusion, target):
+    """The PC grid size whose effective NFE on `diffusion` is closest to `target` (at least one point per stage)."""
     best = None
     for n in range(4, 2 * int(target) + 8):
-        pc = dataclasses.replace(settings.sampling.pc, num_steps=n)
+        cfg = dataclasses.replace(sampling, pc=dataclasses.replace(sampling.pc, num_steps=n))
         try:
-            spans = split_grid(n, sampling_eps(settings.sde, pc), 1.0, cutoffs)[1]
+            nfe = cost(diffusion, cfg).effective_nfe
         except ValueError:  # a stage without grid points
             continue
-        nfe = effective_nfe(pc, subspace, spans)
         if best is None or abs(nfe - target) < abs(best[1] - target):
             best = (n, nfe)
     return best[0]
@@ -77,36 +76,40 @@ def main():
     loaded = {}
     for i, (space, method, target, rule) in enumerate(runs):
         levels, dirs = spaces[space]
-        settings = _settings(cutoffs, levels, method=method, nfe_budget=float(target), budget_rule=rule)
-        exp = Experiment(settings, tuple(range(levels + 1)))
-        stats = exp.load_stats(w('fast_sampling')) if levels else None
+        settings = _settings(cutoffs, levels, method, float(target), rule)
+        exp = Experiment.build(settings, tuple(range(levels + 1)))
+        stats = statistics.load(settings, exp.chain, w('fast_sampling')) if levels else None
+        diffusion = exp.diffusion(stats)
+        sampling = settings.sampling
         if method == 'pc':
-            pc = dataclasses.replace(settings.sampling.pc, num_steps=_pc_steps(settings, exp, stats, target))
-            settings = dataclasses.replace(settings, sampling=dataclasses.replace(settings.sampling, pc=pc))
-            exp = Experiment(settings, exp.levels)
+            sampling = dataclasses.replace(sampling, pc=dataclasses.replace(
+                sampling.pc, num_steps=_pc_steps(sampling, diffusion, target)))
         if space not in loaded:
-            loaded[space] = loading.load_levels(settings, exp.levels, [w(d) for d in dirs]).params
-        sample, nfe = exp.sampler(stats)
-        jax.block_until_ready(sample(loaded[space], jax.random.PRNGKey(99), args.samples))  # compile
+            settings_dirs = dataclasses.replace(settings, eval=dataclasses.replace(
+                settings.eval, level_workdirs=tuple(w(d) for d in dirs)))
+            loaded[space] = exp.networks.named(loading.load_levels(settings_dirs, exp.levels, args.workdir).params)
+        sampler = make_sampler(diffusion, sampling, exp.networks.scores)
+        nfe = sampler.cost.effective_nfe
+        jax.block_until_ready(sampler.sample(loaded[space], jax.random.PRNGKey(99), args.samples)[0])  # compile
+        scorer = Scorer(settings, w('fast_sampling'))
         per_seed = []
         for seed in args.seeds:
             start = time.perf_counter()
-            x = np.asarray(sample(loaded[space], jax.random.PRNGKey(seed), args.samples))
+            x = np.asarray(sampler.sample(loaded[space], jax.random.PRNGKey(seed), args.samples)[0])
             seconds = time.perf_counter() - start
-            images = quality.to_uint8(data.get_inverse_scaler(settings.data.centered)(x))
-            m = quality.sample_metrics(settings, w('fast_sampling'), images)
-            per_seed.append({'seed': seed, 'digits_classifier_fd': m['digits_classifier_fd'],
+            m = scorer.score(to_uint8(data.get_inverse_scaler(settings.data.centered)(x)))
+            per_seed.append({'seed': seed, 'classifier_fd': m['classifier_fd'],
                              'pixel_fd': m['pixel_fd'], 's_per_sample': seconds / args.samples})
         row = {'space': space, 'method': method, 'nfe_target': target, 'budget_rule': rule,
-               'effective_nfe': nfe, 'pc_steps': settings.sampling.pc.num_steps if method == 'pc' else None,
+               'effective_nfe': nfe, 'pc_steps': sampling.pc.num_steps if method == 'pc' else None,
                'runs': per_seed}
-        for key in ('digits_classifier_fd', 'pixel_fd', 's_per_sample'):
+        for key in ('classifier_fd', 'pixel_fd', 's_per_sample'):
             values = [r[key] for r in per_seed]
             row[key] = {'mean': float(np.mean(values)), 'std': float(np.std(values, ddof=1))}
         results.append(row)
         done = time.perf_counter() - t0
         print(f'[{i + 1}/{len(runs)}] {space}, {method}, target {target:g} ({rule}): NFE {nfe:.1f}, classifier FD '
-              f'{row["digits_classifier_fd"]["mean"]:.3f} +- {row["digits_classifier_fd"]["std"]:.3f}, '
+              f'{row["classifier_fd"]["mean"]:.3f} +- {row["classifier_fd"]["std"]:.3f}, '
               f'{1e3 * row["s_per_sample"]["mean"]:.1f} ms/sample; ETA '
               f'{fmt_duration(done / (i + 1) * (len(runs) - i - 1))}', flush=True)
     _plot(results, args.rule, os.path.join(ROOT, 'docs', 'fast_sampling.png'))
@@ -131,8 +134,8 @@ def _plot(results, rule, path):
                            and r['budget_rule'] == rule), key=lambda r: r['effective_nfe'])
             nfe = [r['effective_nfe'] for r in rows]
             label = f'{space}, {method}'
-            axes[0].errorbar(nfe, [r['digits_classifier_fd']['mean'] for r in rows],
-                             yerr=[r['digits_classifier_fd']['std'] for r in rows], linestyle=style, color=color,
+            axes[0].errorbar(nfe, [r['classifier_fd']['mean'] for r in rows],
+                             yerr=[r['classifier_fd']['std'] for r in rows], linestyle=style, color=color,
                              marker='o', markersize=3, capsize=2, label=label)
             axes[1].plot(nfe, [1e3 * r['s_per_sample']['mean'] for r in rows], linestyle=style, color=color,
                          marker='o', markersize=3, label=label)

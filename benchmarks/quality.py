@@ -46,14 +46,14 @@ VARIANTS = {
     '2-level PCA': ('pca', 2, ['full', 'pca_1', 'pca_2'], False),
     '2-level pooling, shared network': ('pooling', 2, ['shared'] * 3, True),
 }
-METRICS = ('digits_classifier_fd', 'pixel_fd', 'bpd', 'nfe_per_sample', 's_per_sample')
+METRICS = ('classifier_fd', 'pixel_fd', 'bpd', 'nfe_per_sample', 's_per_sample')
 
 
 class Steps:
     """Runs main.py steps in order, skipping finished ones, with elapsed time and an ETA from planned costs."""
 
-    def __init__(self, plan: dict, cache: str):
-        self.plan, self.cache, self.done, self.t0 = plan, cache, [], time.perf_counter()
+    def __init__(self, plan: dict):
+        self.plan, self.done, self.t0 = plan, [], time.perf_counter()
 
     def run(self, name, finished: bool, *args):
         left = sum(cost for step, cost in self.plan.items() if step not in self.done and step != name)
@@ -67,8 +67,6 @@ class Steps:
         start = time.perf_counter()
         # main.py logs its progress (steps, it/s, ETA) to stderr: pass it through, keep the tail for a failure
         proc = subprocess.Popen([sys.executable, os.path.join(ROOT, 'main.py'), *args], cwd=ROOT,
-                                env=dict(os.environ, JAX_COMPILATION_CACHE_DIR=self.cache,
-                                         JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='1'),
                                 stderr=subprocess.PIPE, text=True)
         tail = collections.deque(maxlen=40)
         for line in proc.stderr:
@@ -108,7 +106,7 @@ def main():
     plan = {f'train {name}': cost for name, cost in train_plan.items()}
     plan.update({f'cutoffs {kind}': 90 for kind in KINDS})
     plan.update({f'eval {v}, seed {s}': 100 for v in VARIANTS for s in args.seeds})
-    steps = Steps(plan, cache=w('jax_cache'))  # compiled programs shared by the evaluations' processes
+    steps = Steps(plan)  # main.py's compilation cache is shared by the evaluations' processes
     n = args.n_iters
     common = {'training.n_iters': n, 'training.snapshot_freq': n}
 

@@ -20,7 +20,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from results import save_result  # noqa: E402
-from subspace_diffusion import likelihood, reference_import  # noqa: E402
+from subspace_diffusion.core import likelihood  # noqa: E402
+from subspace_diffusion.run import published  # noqa: E402
 from subspace_diffusion.run.experiment import Experiment  # noqa: E402
 from subspace_diffusion.run.settings import Settings  # noqa: E402
 
@@ -32,13 +33,14 @@ def main():
     config = importlib.import_module('configs.cifar10_vp_ddpmpp').get_config()
     config.model.nf, config.model.num_res_blocks, config.data.image_size = 8, 1, 8
     config.subspace.levels, config.subspace.cutoffs = 0, ()  # the full-space network alone
-    exp = Experiment(Settings.from_config(config), levels=(0,))
-    params = {'level_0': reference_import.network_params(exp, os.path.join(REF, 'vp_8.pth'), 0)}
+    exp = Experiment.build(Settings.from_config(config), levels=(0,))
+    params = {'level_0': published.network_params(exp.networks, os.path.join(REF, 'vp_8.pth'), 0)}
     x = jnp.asarray(np.load(os.path.join(REF, 'vp_8_io.npz'))['x'][:1])
-    score = [exp.score_fn(params, 0)]
+    score = exp.networks.scores(params)
 
     def bpd(key, x, trace, eps=likelihood.LIKELIHOOD_EPS):
-        logp, _, nfe = likelihood.log_likelihood(key, x, exp.sde, score, trace=trace, eps=eps, rtol=1e-4, atol=1e-4)
+        logp, _, nfe = likelihood.log_likelihood(key, x, exp.diffusion(None), score, trace=trace, eps=eps,
+                                                 tolerance=likelihood.Tolerance(1e-4, 1e-4))
         return likelihood.bits_per_dim(logp, 192, centered=True), nfe
 
     key = jax.random.PRNGKey(0)

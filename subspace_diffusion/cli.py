@@ -131,6 +131,7 @@ def record_settings(config, workdir, mode):
 
 
 def main(argv):
+    """Parse the settings, check and lock the workdir, record the settings and run the mode's job."""
     del argv
     logging.set_verbosity(logging.INFO)
     # Orbax reports every save at INFO and failures with tracebacks from its threads; a failed save reaches

@@ -1,4 +1,5 @@
 """Training: data-parallel equality, two processes, preemption (SIGKILL / SIGTERM), real data paths, guards."""
+import dataclasses
 import os
 import signal
 import socket
@@ -262,3 +263,16 @@ def test_main_train_writes_config_events_checkpoint_and_grid(tmp_path):
     grid = np.asarray(Image.open(tmp_path / 'samples' / 'step_0000004.png'))
     assert grid.ndim == 2 and grid.std() > 0
     assert sorted(os.listdir(tmp_path / 'checkpoints' / 'archive')) == ['4']
+
+
+def test_sampling_jobs_read_the_ema_parameters_alone(tmp_path):
+    # A checkpoint trained with Adam; loaded for sampling under AdamW settings (another optimiser state tree):
+    # the partial restore reads only the EMA entries, so it works and gives the same parameters, while restoring
+    # the whole train state (as a resumed training does) must fail on the optimiser state.
+    train.train(tiny_settings(training__n_iters=2), tmp_path)
+    adam = loading.load_levels(tiny_settings(), (0,), tmp_path).params
+    other = tiny_settings(optim__optimizer='AdamW', optim__weight_decay=0.1, optim__grad_clip=0.0)
+    adamw = loading.load_levels(other, (0,), tmp_path).params
+    _assert_same(adam, adamw, rtol=0, atol=0)
+    with pytest.raises(CheckpointError, match='cannot be read'):
+        train.train(dataclasses.replace(other, training=dataclasses.replace(other.training, n_iters=4)), tmp_path)

@@ -118,41 +118,40 @@ def ode_solve(key, batch_size: int, diffusion: Diffusion, score_fns: Sequence[Ca
     def run_stage(k, y, key, grid):
         d = denoiser(k)
 
-        def heun(carry, step):
-            y, key = carry
-            r, r_next = step
-            key, ki = jax.random.split(key) if impose is not None else (key, key)
+        def heun(y, step):
+            r, r_next, ki = step
             slope = (y - d(y, r)) / r
             y_euler = y + (r_next - r) * slope
             slope_next = (y_euler - d(y_euler, r_next)) / r_next
-            y = imposed(ki, y + (r_next - r) * (slope + slope_next) / 2, k, r_next)
-            return (diffusion.constrain(y), key), None
+            return diffusion.constrain(imposed(ki, y + (r_next - r) * (slope + slope_next) / 2, k, r_next)), None
 
         def dpm(carry, step):
-            y, d_prev, h_prev, key = carry
-            r, r_next, first = step
-            key, ki = jax.random.split(key) if impose is not None else (key, key)
+            y, d_prev, h_prev = carry
+            r, r_next, ki, first = step
             d_now = d(y, r)
             h = jnp.log(r / r_next)
             q = h_prev / h  # the previous step's length in units of this one
             d_mix = jnp.where(first, d_now, (1 + 1 / (2 * q)) * d_now - d_prev / (2 * q))
             y = imposed(ki, (r_next / r) * y + (1 - r_next / r) * d_mix, k, r_next)
-            return (diffusion.constrain(y), d_now, h, key), None
+            return (diffusion.constrain(y), d_now, h), None
 
-        pairs = (jnp.asarray(grid[:-1], dtype), jnp.asarray(grid[1:], dtype))
+        n = len(grid) - 1
+        # Keys only for the measurement hook: without one the scan carries the state alone.
+        steps = (jnp.asarray(grid[:-1], dtype), jnp.asarray(grid[1:], dtype),
+                 jax.random.split(key, n) if impose is not None else None)
         if plan.solver == 'ode_heun':
-            (y, key), _ = jax.lax.scan(heun, (y, key), pairs)
-            return y, key
-        first = jnp.arange(len(grid) - 1) == 0  # the multistep history starts afresh in each stage's coordinates
-        (y, _, _, key), _ = jax.lax.scan(dpm, (y, jnp.zeros_like(y), jnp.ones((), dtype), key), pairs + (first,))
-        return y, key
+            y, _ = jax.lax.scan(heun, y, steps)
+            return y
+        first = jnp.arange(n) == 0  # the multistep history starts afresh in each stage's coordinates
+        (y, _, _), _ = jax.lax.scan(dpm, (y, jnp.zeros_like(y), jnp.ones((), dtype)), steps + (first,))
+        return y
 
     key, k0 = jax.random.split(key)
     r_top = jnp.asarray(plan.grids[0][0], dtype)
     y = diffusion.constrain(imposed(jax.random.fold_in(k0, 1), diffusion.prior(k0, batch_size) / sde.alpha(sde.T),
                                     K, r_top))
     for stage, k in enumerate(range(K, -1, -1)):
-        y, key = run_stage(k, y, key, plan.grids[stage])
+        y = run_stage(k, y, jax.random.fold_in(key, stage), plan.grids[stage])  # the hook's keys only
         if k == 0:
             break
         t = diffusion.cutoffs[k - 1]

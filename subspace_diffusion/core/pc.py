@@ -7,7 +7,7 @@ process (SDE, chain with statistics and cutoffs or full space, shape) is a `diff
 """
 import dataclasses
 import functools
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -63,11 +63,20 @@ def predictor_step(name, sde, score_fn, x, t, s, key):
     return x_mean + jnp.sqrt(q * sigma_s ** 2 / sigma_t ** 2) * noise, x_mean
 
 
-def langevin_step(score_fn, x, t, key, snr, n_steps, a, project=None):
+class Langevin(NamedTuple):
+    """One Langevin corrector move: signal-to-noise ratio, number of steps, step scale a (score-SDE's alpha_i)."""
+
+    snr: float
+    n_steps: int
+    scale: Any
+
+
+def langevin_step(score_fn, x, t, key, move: Langevin, project=None):
     """Langevin corrector at time t (scalar), snr-controlled step; `project` restricts the move to a subspace."""
     vt = jnp.full((x.shape[0],), t)
     proj = project or (lambda v: v)
-    for key in jax.random.split(key, n_steps):
+    snr, a = move.snr, move.scale
+    for key in jax.random.split(key, move.n_steps):
         grad = proj(score_fn(x, vt))
         noise = proj(jax.random.normal(key, x.shape, x.dtype))
         # Norms averaged over the batch, as in score-SDE: a per-example step size is heavy-tailed in low
@@ -132,7 +141,7 @@ def pc_sample(key, batch_size: int, diffusion: Diffusion, score_fns: Sequence[Ca
             key, kc, kp, ki, kj = jax.random.split(key, 5)
             t, s, a = step
             if cfg.corrector == 'langevin':
-                x = impose(ki, langevin_step(score_fn, x, t, kc, cfg.snr, cfg.n_corrector_steps, a), k, t)
+                x = impose(ki, langevin_step(score_fn, x, t, kc, Langevin(cfg.snr, cfg.n_corrector_steps, a)), k, t)
             if cfg.predictor != 'none':
                 # The predictor moves the state from t to s.
                 x = impose(kj, predictor_step(cfg.predictor, sde, score_fn, x, t, s, kp)[0], k, s)
@@ -156,11 +165,13 @@ def pc_sample(key, batch_size: int, diffusion: Diffusion, score_fns: Sequence[Ca
         key, kl, kc, ki, kj = jax.random.split(key, 5)
         x = diffusion.constrain(impose(ki, diffusion.lift(x, k, t, kl), k - 1, t))
         if cfg.cond_langevin_steps:
-            x = langevin_step(score_fns[k - 1], x, t, kc, cfg.cond_snr, cfg.cond_langevin_steps, langevin_a[stop],
+            x = langevin_step(score_fns[k - 1], x, t, kc, Langevin(cfg.cond_snr, cfg.cond_langevin_steps,
+                                                                   langevin_a[stop]),
                               project=functools.partial(diffusion.subspace.chain.new_dirs, k=k))
             x = impose(kj, x, k - 1, t)
     t = float(grid[-1])
     key, kc, ki = jax.random.split(key, 3)
     if cfg.corrector == 'langevin':
-        x = impose(ki, langevin_step(score_fns[0], x, t, kc, cfg.snr, cfg.n_corrector_steps, langevin_a[n - 1]), 0, t)
+        last = Langevin(cfg.snr, cfg.n_corrector_steps, langevin_a[n - 1])
+        x = impose(ki, langevin_step(score_fns[0], x, t, kc, last), 0, t)
     return diffusion.constrain(x), t

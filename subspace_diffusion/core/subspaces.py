@@ -323,10 +323,10 @@ def signature_id(signature: dict) -> str:
     return hashlib.sha1(json.dumps(signature, sort_keys=True).encode()).hexdigest()[:10]
 
 
-def describe_chain(chain: Chain) -> str:
-    """'2-level pooling chain 16x16x1 -> 8x8x1 -> 4x4x1': how every mode names a chain."""
+def describe_chain(chain: Chain, cutoffs=None) -> str:
+    """'2-level pooling chain 16x16x1 -> 8x8x1 -> 4x4x1[, cutoffs [0.3, 0.6]]': how every mode names a chain."""
     shapes = ' -> '.join('x'.join(map(str, s)) for s in chain.shapes)
-    return f'{chain.num_levels}-level {chain.kind} chain {shapes}'
+    return f'{chain.num_levels}-level {chain.kind} chain {shapes}' + (f', cutoffs {list(cutoffs)}' if cutoffs else '')
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -348,7 +348,7 @@ class Subspace:
 
     def describe(self) -> str:
         """The chain and its cutoffs in words, the same in every mode."""
-        return f'{describe_chain(self.chain)}, cutoffs {list(self.cutoffs)}'
+        return describe_chain(self.chain, self.cutoffs)
 
     def level_of(self, t):
         """Active level k of time t: t in (t_k, t_{k+1}] (Python floats, or traced scalars -> int32)."""

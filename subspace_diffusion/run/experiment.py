@@ -86,7 +86,7 @@ class Experiment:
         if self.levels == (0,):
             return 'full space'
         if self.whole_chain:
-            return f'{describe_chain(self.chain)}, cutoffs {list(self.settings.subspace.cutoffs)}'
+            return describe_chain(self.chain, self.settings.subspace.cutoffs)
         return f'levels {list(self.levels)} of the {describe_chain(self.chain)}'
 
     def subspace(self, stats: PieceStats) -> Subspace:
