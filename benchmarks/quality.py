@@ -17,11 +17,9 @@ Results: benchmarks/results/quality.json (per seed, mean and spread), docs/quali
 1-level | 2-level, the same seed), docs/quality_cutoffs.png (the pooling chain's Fisher divergence).
 """
 import argparse
-import collections
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 
@@ -31,9 +29,9 @@ from PIL import Image
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from results import save_result  # noqa: E402
+from steps import Steps  # noqa: E402
 
 from subspace_diffusion.run.images import image_grid  # noqa: E402
-from subspace_diffusion.run.progress import fmt_duration  # noqa: E402
 
 CONFIG = os.path.join(ROOT, 'configs', 'quality_digits.py')
 KINDS = ('pooling', 'patch_pca', 'pca')
@@ -47,35 +45,6 @@ VARIANTS = {
     '2-level pooling, shared network': ('pooling', 2, ['shared'] * 3, True),
 }
 METRICS = ('classifier_fd', 'pixel_fd', 'bpd', 'nfe_per_sample', 's_per_sample')
-
-
-class Steps:
-    """Runs main.py steps in order, skipping finished ones, with elapsed time and an ETA from planned costs."""
-
-    def __init__(self, plan: dict):
-        self.plan, self.done, self.t0 = plan, [], time.perf_counter()
-
-    def run(self, name, finished: bool, *args):
-        left = sum(cost for step, cost in self.plan.items() if step not in self.done and step != name)
-        self.done.append(name)
-        if finished:
-            print(f'[{len(self.done)}/{len(self.plan)}] {name}: done before, skipped', flush=True)
-            return
-        elapsed = time.perf_counter() - self.t0
-        print(f'[{len(self.done)}/{len(self.plan)}] {name} (elapsed {fmt_duration(elapsed)}, then about '
-              f'{fmt_duration(left)} of planned work)\n  python main.py {" ".join(args)}', flush=True)
-        start = time.perf_counter()
-        # main.py logs its progress (steps, it/s, ETA) to stderr: pass it through, keep the tail for a failure
-        proc = subprocess.Popen([sys.executable, os.path.join(ROOT, 'main.py'), *args], cwd=ROOT,
-                                stderr=subprocess.PIPE, text=True)
-        tail = collections.deque(maxlen=40)
-        for line in proc.stderr:
-            tail.append(line)
-            sys.stdout.write('  | ' + line)
-            sys.stdout.flush()
-        if proc.wait():
-            sys.exit(f'step {name!r} failed:\n{"".join(tail)}')
-        print(f'  took {fmt_duration(time.perf_counter() - start)}', flush=True)
 
 
 def _flags(workdir, kind, levels, cutoffs, **extra):

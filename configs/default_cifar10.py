@@ -65,8 +65,8 @@ def get_config():
     evaluate.ode_rtol = 1e-5  # probability-flow ODE tolerances (bits/dim and sampling.method='ode')
     evaluate.ode_atol = 1e-5
     evaluate.likelihood_eps = 1e-5  # the bits/dim ODE starts here for every SDE, as score-SDE's likelihood.py
-    # Reference statistics for FID / KID and the proxy Frechet distances (main.py --mode=fid_stats writes
-    # them; eval computes them when missing). "": <workdir>/ref_stats_<dataset>_<image_size>.npz.
+    # Reference statistics for FID / KID and the other Frechet distances: "" computes them into the workdir
+    # (ref_stats_<dataset>_<image_size>_<content id>.npz, as --mode=fid_stats does); a path is read, never written.
     evaluate.ref_stats_path = ""
     evaluate.ref_split = "train"
     # --mode=inpaint / --mode=colorize: images of cond_input_dir; cond_mask is the region to fill in
@@ -119,6 +119,11 @@ def get_config():
     model.progressive_input = "residual"
     model.progressive_combine = "sum"
     model.init_scale = 0.0
+    # Mixed precision: networks compute in bfloat16 with float32 parameters, EMA, optimiser state, loss and
+    # SDE; `dtype` in training, `sample_dtype` when sampling or measuring likelihoods (float32 unless asked).
+    model.dtype = "float32"
+    model.sample_dtype = "float32"
+    model.remat = False  # recompute residual blocks' activations in the backward pass: less memory, more time
     # Vector levels (subspace.kind='pca') have no image layout: a residual MLP with NCSN++'s time embedding.
     model.mlp_width = 512
     model.mlp_blocks = 4

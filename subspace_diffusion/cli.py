@@ -105,7 +105,7 @@ def check_workdir(workdir):
         raise ValueError(f'--workdir={workdir} is a file, not a directory: choose another --workdir')
     try:
         os.makedirs(workdir, exist_ok=True)
-        probe = os.path.join(workdir, '.write_test')
+        probe = os.path.join(workdir, f'.write_test_{os.getpid()}')  # one per process of a multi-host run
         with open(probe, 'w') as f:
             f.write('ok')
         os.remove(probe)

@@ -147,3 +147,28 @@ def test_inception_fn_forward(tmp_path):
     assert np.isfinite(np.asarray(logits)).all()
     gray = np.full((1, 32, 32, 3), 128 / 255.0, np.float32)
     np.testing.assert_allclose(fn(gray)[0], pool, rtol=1e-4, atol=1e-5)  # grayscale == repeated channels
+
+
+def test_classifier_frechet_distance_is_zero_for_a_split_and_grows_with_noise():
+    from subspace_diffusion.metrics import classifier
+    # Two classes of 16x16 images, bright on the left or on the right half, with pixel noise.
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 400)
+    images = rng.random((400, 16, 16, 1)).astype(np.float32) * 0.3
+    images[labels == 0, :, :8] += 0.6
+    images[labels == 1, :, 8:] += 0.6
+    spec = classifier.ClassifierSpec('cnn', steps=60, learning_rate=3e-3, batch_size=64, num_classes=2)
+    params = classifier.train(spec, images[:300], labels[:300], seed=0)
+    assert classifier.accuracy(spec, params, images[300:], labels[300:]) > 0.95
+    np.testing.assert_array_equal(classifier.train(spec, images[:300], labels[:300], seed=0)['w0'], params['w0'])
+    feats = lambda x: np.asarray(classifier.features(spec, params, jnp.asarray(x)))  # noqa: E731
+    ref = fid.feature_stats(feats(images))
+    self_distance = fid.frechet_distance(*ref, *ref)  # ~0: the trace term's round-off on a near-singular covariance
+    distances = []
+    for noise in (0.05, 0.2, 0.6):
+        noisy = np.clip(images + noise * rng.normal(size=images.shape), 0, 1).astype(np.float32)
+        distances.append(fid.frechet_distance(*ref, *fid.feature_stats(feats(noisy))))
+    assert abs(self_distance) < 1e-3 and distances[0] < distances[1] < distances[2], (self_distance, distances)
+    assert distances[1] > 100 * abs(self_distance) and distances[2] > 1
+    kid = fid.kernel_distance(feats(images), feats(np.clip(images + 0.6 * rng.normal(size=images.shape), 0, 1)))
+    assert kid[0] > 10 * kid[1] > 0

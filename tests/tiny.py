@@ -34,3 +34,14 @@ def tiny_flags(**overrides):
 def tiny_settings(**overrides):
     """tiny_config(**overrides) checked into typed settings, as main.py does."""
     return Settings.from_config(tiny_config(**overrides))
+
+
+def train_tiny_chain(path):
+    """Train both levels of the tiny 1-level chain for 2 steps into `path`, with the chain's statistics -> path."""
+    from subspace_diffusion.jobs import train
+    from subspace_diffusion.run import statistics
+    from subspace_diffusion.run.experiment import build_chain
+    settings = tiny_settings(training__n_iters=2, subspace__train_level=-1)
+    train.train(settings, path)
+    statistics.load(settings, build_chain(settings), str(path))
+    return path

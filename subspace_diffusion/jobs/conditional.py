@@ -14,8 +14,9 @@ from PIL import Image
 from subspace_diffusion.core import conditional
 from subspace_diffusion.core.sampling import make_sampler
 from subspace_diffusion.run import data, loading, statistics
-from subspace_diffusion.run.files import FileProblem, guarded
-from subspace_diffusion.run.images import IMAGE_EXTENSIONS, image_files, load_images, save_image_grid
+from subspace_diffusion.run.files import FileProblem
+from subspace_diffusion.run.images import (IMAGE_EXTENSIONS, image_files, load_images, read_image, save_image_grid,
+                                           to_channels)
 from subspace_diffusion.run.experiment import Experiment
 from subspace_diffusion.run.settings import Settings
 
@@ -35,17 +36,14 @@ def inpaint_masks(settings: Settings, n, shape):
     name = settings.eval.cond_mask
     if name.lower().endswith('.png'):
         fix = 'give a PNG mask of the images\' size, white = known, black = to fill in'
-        with guarded(name, 'mask image', fix):
-            with Image.open(name) as img:
-                img.load()
-                grey = np.asarray(img.convert('L'), np.float32)
-        if grey.shape != tuple(shape[:2]):
-            raise FileProblem(f'mask image {name} is {grey.shape[1]}x{grey.shape[0]}, the images are '
+        mask = to_channels(read_image(name), 1)[..., 0]
+        if mask.shape != tuple(shape[:2]):
+            raise FileProblem(f'mask image {name} is {mask.shape[1]}x{mask.shape[0]}, the images are '
                               f'{shape[1]}x{shape[0]} (data.image_size): {fix}')
-        if not np.all((grey == 0) | (grey == 255)):
+        if not np.all((mask == 0) | (mask == 1)):
             raise FileProblem(f'mask image {name} has grey levels other than black and white '
-                              f'({np.mean((grey > 0) & (grey < 255)):.0%} of its pixels): {fix}')
-        return np.broadcast_to((grey == 255).astype(np.float32)[..., None], (n,) + tuple(shape[:2]) + (1,))
+                              f'({np.mean((mask > 0) & (mask < 1)):.0%} of its pixels): {fix}')
+        return np.broadcast_to(mask.astype(np.float32)[..., None], (n,) + tuple(shape[:2]) + (1,))
     key = jax.random.PRNGKey(settings.seed)
     return np.stack([conditional.make_mask(name, shape, jax.random.fold_in(key, i), settings.eval.cond_mask_fraction)
                      for i in range(n)])

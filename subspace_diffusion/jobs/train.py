@@ -138,7 +138,7 @@ def _train(settings, exp, mesh, ckpts, workdir, main_process):
         state = jax.jit(lambda k: init_state(networks, tx, k), out_shardings=parallel.replicated(mesh))(init_key)
     n_params = {k: sum(x.size for x in jax.tree.leaves(v)) for k, v in state.params.items()}
     logging.info('training levels %s of the %s (%s), global batch %d on %d device(s) / %d process(es)',
-                 list(exp.levels), exp.describe() if exp.levels != (0,) else 'full space',
+                 list(exp.levels), exp.describe(),
                  ', '.join(f'{k}: {n:,} params' for k, n in n_params.items()), tr.batch_size,
                  mesh.devices.size, jax.process_count())
 

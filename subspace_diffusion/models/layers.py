@@ -1,4 +1,8 @@
-"""Building blocks of NCSN++ / DDPM++ (score-SDE family) in Flax linen, NHWC float32."""
+"""Building blocks of NCSN++ / DDPM++ (score-SDE family) in Flax linen, NHWC.
+
+Every block computes in the dtype of its input (float32, or bfloat16 under mixed precision) with float32
+parameters; normalisation statistics and the attention softmax are computed in float32 whatever it is.
+"""
 import math
 
 import flax.linen as nn
@@ -12,15 +16,20 @@ def default_init(scale=1.0):
     return nn.initializers.variance_scaling(1e-10 if scale == 0 else scale, "fan_avg", "uniform")
 
 
-def group_norm(channels, name=None):
-    """GroupNorm with min(C // 4, 32) groups, as in score-SDE."""
-    return nn.GroupNorm(num_groups=min(channels // 4, 32), epsilon=1e-6, name=name)
+def group_norm(x, name=None):
+    """GroupNorm of (B,H,W,C) with min(C // 4, 32) groups, as in score-SDE (statistics in float32)."""
+    return nn.GroupNorm(num_groups=min(x.shape[-1] // 4, 32), epsilon=1e-6, dtype=x.dtype, name=name)(x)
+
+
+def dense(x, features, init_scale=1.0, name=None):
+    """(B, D) -> (B, features) with score-SDE init, in x's dtype."""
+    return nn.Dense(features, kernel_init=default_init(init_scale), dtype=x.dtype, name=name)(x)
 
 
 def conv(x, out_ch, size=3, stride=1, init_scale=1.0, padding="SAME", name=None):
-    """(B,H,W,C) -> (B,H',W',out_ch) convolution with score-SDE init and zero bias."""
+    """(B,H,W,C) -> (B,H',W',out_ch) convolution with score-SDE init and zero bias, in x's dtype."""
     return nn.Conv(out_ch, (size, size), strides=(stride, stride), padding=padding,
-                   kernel_init=default_init(init_scale), name=name)(x)
+                   kernel_init=default_init(init_scale), dtype=x.dtype, name=name)(x)
 
 
 # ----------------------------------------------------------------------------- FIR resampling
@@ -87,6 +96,7 @@ class FIRConv(nn.Module):
         w = self.param("kernel", default_init(self.init_scale),
                        (self.kernel, self.kernel, x.shape[-1], self.out_ch))
         b = self.param("bias", nn.initializers.zeros, (self.out_ch,))
+        w, b = w.astype(x.dtype), b.astype(x.dtype)
         dn = ("NHWC", "HWIO", "NHWC")
         kw = self.kernel
         if self.up:
@@ -144,7 +154,7 @@ class NIN(nn.Module):
         """(B,H,W,C) -> (B,H,W,num_units)."""
         w = self.param("W", default_init(self.init_scale), (x.shape[-1], self.num_units))
         b = self.param("b", nn.initializers.zeros, (self.num_units,))
-        return x @ w + b
+        return x @ w.astype(x.dtype) + b.astype(x.dtype)
 
 
 class Combine(nn.Module):
@@ -167,10 +177,11 @@ class AttnBlock(nn.Module):
     def __call__(self, x):
         """(B,H,W,C) -> (B,H,W,C)."""
         b, h, w, c = x.shape
-        hn = group_norm(c)(x)
+        hn = group_norm(x)
         q, k, v = NIN(c)(hn), NIN(c)(hn), NIN(c)(hn)
         logits = jnp.einsum("bhwc,bHWc->bhwHW", q, k) * (c ** -0.5)
-        attn = jax.nn.softmax(logits.reshape(b, h, w, h * w), axis=-1).reshape(b, h, w, h, w)
+        attn = jax.nn.softmax(logits.reshape(b, h, w, h * w).astype(jnp.float32), axis=-1)
+        attn = attn.astype(x.dtype).reshape(b, h, w, h, w)
         out = NIN(c, init_scale=self.init_scale)(jnp.einsum("bhwHW,bHWc->bhwc", attn, v))
         return (x + out) / np.sqrt(2.0) if self.skip_rescale else x + out
 
@@ -228,10 +239,10 @@ class ResnetBlockDDPM(nn.Module):
         """(B,H,W,C), (B,E) -> (B,H,W,out_ch)."""
         c = x.shape[-1]
         out_ch = self.out_ch or c
-        h = conv(nn.swish(group_norm(c)(x)), out_ch)
+        h = conv(nn.swish(group_norm(x)), out_ch)
         if temb is not None:
-            h += nn.Dense(out_ch, kernel_init=default_init())(nn.swish(temb))[:, None, None, :]
-        h = nn.swish(group_norm(out_ch)(h))
+            h += dense(nn.swish(temb), out_ch)[:, None, None, :]
+        h = nn.swish(group_norm(h))
         h = nn.Dropout(self.dropout)(h, deterministic=not train)
         h = conv(h, out_ch, init_scale=self.init_scale)
         if c != out_ch:
@@ -255,7 +266,7 @@ class ResnetBlockBigGAN(nn.Module):
         """(B,H,W,C), (B,E) -> (B,H',W',out_ch)."""
         c = x.shape[-1]
         out_ch = self.out_ch or c
-        h = nn.swish(group_norm(c)(x))
+        h = nn.swish(group_norm(x))
         if self.up:
             resample = (lambda z: upsample_2d(z, self.fir_kernel)) if self.fir else naive_upsample_2d
         elif self.down:
@@ -264,8 +275,8 @@ class ResnetBlockBigGAN(nn.Module):
             h, x = resample(h), resample(x)
         h = conv(h, out_ch)
         if temb is not None:
-            h += nn.Dense(out_ch, kernel_init=default_init())(nn.swish(temb))[:, None, None, :]
-        h = nn.swish(group_norm(out_ch)(h))
+            h += dense(nn.swish(temb), out_ch)[:, None, None, :]
+        h = nn.swish(group_norm(h))
         h = nn.Dropout(self.dropout)(h, deterministic=not train)
         h = conv(h, out_ch, init_scale=self.init_scale)
         if c != out_ch or self.up or self.down:

@@ -6,6 +6,7 @@ embedding of log sigma, or 999 t with the sinusoidal one), so `models/score.py` 
 the same way; with `scale_by_sigma` its output is divided by sigma, as NCSN++'s.
 """
 import dataclasses
+import functools
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -24,11 +25,14 @@ class VectorNetwork:
     fourier_scale: float
     scale_by_sigma: bool
     dropout: float
+    dtype: str = 'float32'  # training compute dtype, as the image network's; parameters and output stay float32
+    sample_dtype: str = 'float32'  # compute dtype when not training
 
     @classmethod
     def like(cls, net: Network, width: int, blocks: int) -> 'VectorNetwork':
-        """The MLP that uses `net`'s time embedding and output scaling."""
-        return cls(width, blocks, net.embedding_type, net.fourier_scale, net.scale_by_sigma, net.dropout)
+        """The MLP that uses `net`'s time embedding, output scaling and compute dtype."""
+        return cls(width, blocks, net.embedding_type, net.fourier_scale, net.scale_by_sigma, net.dropout, net.dtype,
+                   net.sample_dtype)
 
 
 class MLPScore(nn.Module):
@@ -44,16 +48,19 @@ class MLPScore(nn.Module):
                 jnp.log(time_cond))
         else:
             temb = layers.timestep_embedding(time_cond, m.width)
-        temb = nn.Dense(m.width, kernel_init=layers.default_init())(nn.swish(
-            nn.Dense(m.width, kernel_init=layers.default_init())(temb)))
-        h = nn.Dense(m.width, kernel_init=layers.default_init())(x)
+        dtype = jnp.dtype(m.dtype if train else m.sample_dtype)
+        dense = functools.partial(nn.Dense, m.width, kernel_init=layers.default_init(), dtype=dtype)
+        temb, x = temb.astype(dtype), x.astype(dtype)
+        temb = dense()(nn.swish(dense()(temb)))
+        h = dense()(x)
         for _ in range(m.blocks):
             # Pre-norm residual block with the time embedding added, as NCSN++'s ResNet blocks do.
-            r = nn.Dense(m.width, kernel_init=layers.default_init())(nn.swish(nn.LayerNorm()(h)))
-            r = r + nn.Dense(m.width, kernel_init=layers.default_init())(nn.swish(temb))
-            r = nn.Dropout(m.dropout)(nn.swish(nn.LayerNorm()(r)), deterministic=not train)
-            h = (h + nn.Dense(m.width, kernel_init=layers.default_init(0.0))(r)) / jnp.sqrt(2.0)
-        out = nn.Dense(x.shape[-1], kernel_init=layers.default_init(0.0))(nn.swish(nn.LayerNorm()(h)))
+            r = dense()(nn.swish(nn.LayerNorm(dtype=dtype)(h)))
+            r = r + dense()(nn.swish(temb))
+            r = nn.Dropout(m.dropout)(nn.swish(nn.LayerNorm(dtype=dtype)(r)), deterministic=not train)
+            h = (h + nn.Dense(m.width, kernel_init=layers.default_init(0.0), dtype=dtype)(r)) / jnp.sqrt(2.0)
+        out = nn.Dense(x.shape[-1], kernel_init=layers.default_init(0.0), dtype=dtype)(
+            nn.swish(nn.LayerNorm(dtype=dtype)(h))).astype(jnp.float32)
         if m.scale_by_sigma:
             out = out / time_cond[:, None]
         return out

@@ -32,7 +32,11 @@ _OPTIONS = {
     "progressive_combine": ("sum", "cat"),
     "embedding_type": ("fourier", "positional"),
     "attention_placement": ("resolution", "depth"),
+    "dtype": ("float32", "bfloat16"),
+    "sample_dtype": ("float32", "bfloat16"),
 }
+# Fields of Network that change how a network computes, not what it is: a checkpoint fits every value of them.
+COMPUTE_FIELDS = ("dtype", "sample_dtype", "remat")
 NAMES = ("ncsnpp", "ddpmpp")  # config.model.name: DDPM++ is NCSN++ under other settings
 
 
@@ -61,6 +65,9 @@ class Network:
     init_scale: float = 0.0
     centered: bool = False  # data in [-1, 1]; otherwise [0, 1] and the network maps it to [-1, 1]
     image_size: int = 32  # full-space resolution: fixes the attention depths under 'depth' placement
+    dtype: str = "float32"  # training compute dtype ('bfloat16': mixed precision); parameters, output stay float32
+    sample_dtype: str = "float32"  # compute dtype when not training (sampling, likelihood, cutoffs)
+    remat: bool = False  # recompute each residual block's activations in the backward pass instead of storing them
 
     def __post_init__(self):
         for field in _OPTIONS:
@@ -72,6 +79,10 @@ class Network:
                 raise ValueError(f"config.model.{field}={getattr(self, field)!r} is not one of {allowed}")
         if self.nf < 4 or self.nf % 4:
             raise ValueError(f"config.model.nf={self.nf} must be a positive multiple of 4 (GroupNorm groups)")
+        if not self.ch_mult:
+            raise ValueError("config.model.ch_mult is empty: give one channel multiplier per U-Net resolution")
+        if self.fir and not sum(self.fir_kernel) > 0:
+            raise ValueError(f"config.model.fir_kernel={self.fir_kernel} must have a positive sum (it is normalised)")
         if self.scale_by_sigma and self.embedding_type == "positional":
             raise ValueError("config.model.scale_by_sigma=True needs embedding_type='fourier' (time labels are "
                              "sigmas only there); set config.model.scale_by_sigma=False")
@@ -121,9 +132,10 @@ class NCSNpp(nn.Module):
                 jnp.log(time_cond))
         else:
             temb = layers.timestep_embedding(time_cond, nf)
+        dtype = jnp.dtype(m.dtype if train else m.sample_dtype)
         if m.conditional:
-            temb = nn.Dense(nf * 4, kernel_init=layers.default_init(), name=name())(temb)
-            temb = nn.Dense(nf * 4, kernel_init=layers.default_init(), name=name())(act(temb))
+            temb = layers.dense(temb.astype(dtype), nf * 4, name=name())
+            temb = layers.dense(act(temb), nf * 4, name=name())
         else:
             temb = None
 
@@ -138,19 +150,21 @@ class NCSNpp(nn.Module):
                                              with_conv=m.progressive == "residual")
         pyramid_downsample = functools.partial(layers.Downsample, fir=m.fir, fir_kernel=m.fir_kernel,
                                                with_conv=m.progressive_input == "residual")
+        block = layers.ResnetBlockDDPM if m.resblock_type == "ddpm" else layers.ResnetBlockBigGAN
+        if m.remat:  # the `train` flag (argument 3, counting the module) stays a Python bool
+            block = nn.remat(block, static_argnums=(3,))
         if m.resblock_type == "ddpm":
-            resnet = functools.partial(layers.ResnetBlockDDPM, dropout=m.dropout,
-                                       skip_rescale=skip_rescale, init_scale=init_scale)
+            resnet = functools.partial(block, dropout=m.dropout, skip_rescale=skip_rescale, init_scale=init_scale)
         else:
-            resnet = functools.partial(layers.ResnetBlockBigGAN, dropout=m.dropout, fir=m.fir,
-                                       fir_kernel=m.fir_kernel, skip_rescale=skip_rescale,
-                                       init_scale=init_scale)
+            resnet = functools.partial(block, dropout=m.dropout, fir=m.fir, fir_kernel=m.fir_kernel,
+                                       skip_rescale=skip_rescale, init_scale=init_scale)
 
         def merge(a, b):
             return (a + b) / np.sqrt(2.0) if skip_rescale else a + b
 
         if not m.centered:
             x = 2 * x - 1.0
+        x = x.astype(dtype)
 
         # Downsampling path.
         input_pyramid = x if m.progressive_input != "none" else None
@@ -188,13 +202,13 @@ class NCSNpp(nn.Module):
             if i_level in attn_depths:
                 h = attn(name=name())(h)
             if m.progressive != "none" and i_level == num_resolutions - 1:
-                out = act(layers.group_norm(h.shape[-1], name=name())(h))
+                out = act(layers.group_norm(h, name=name()))
                 if m.progressive == "output_skip":
                     pyramid = layers.conv(out, x.shape[-1], init_scale=init_scale, name=name())
                 else:
                     pyramid = layers.conv(out, h.shape[-1], name=name())
             elif m.progressive == "output_skip":
-                out = act(layers.group_norm(h.shape[-1], name=name())(h))
+                out = act(layers.group_norm(h, name=name()))
                 out = layers.conv(out, x.shape[-1], init_scale=init_scale, name=name())
                 pyramid = pyramid_upsample()(pyramid) + out
             elif m.progressive == "residual":
@@ -208,9 +222,10 @@ class NCSNpp(nn.Module):
         if m.progressive == "output_skip":
             h = pyramid
         else:
-            h = act(layers.group_norm(h.shape[-1], name=name())(h))
+            h = act(layers.group_norm(h, name=name()))
             h = layers.conv(h, x.shape[-1], init_scale=init_scale, name=name())
 
+        h = h.astype(jnp.float32)
         if m.scale_by_sigma:
             h = h / time_cond.reshape((x.shape[0],) + (1,) * (x.ndim - 1))
         return h

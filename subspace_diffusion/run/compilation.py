@@ -2,7 +2,8 @@
 
 A restarted training (after a pre-emption), an evaluation, a snapshot sampler or a test process that
 compiles a program some earlier run compiled loads it from the cache instead; every hit is logged with
-the compilation time it saved. On a pod slice point --compile_cache at a directory every host sees.
+the compilation time it saved. On a pod slice point --compile_cache at a directory every host sees (a shared
+file system, or a gs:// bucket).
 """
 import os
 
@@ -29,7 +30,8 @@ def enable(path: str):
     """Use `path` as the persistent compilation cache ('' leaves it off) and log every hit."""
     if not path:
         return
-    os.makedirs(path, exist_ok=True)
+    if '://' not in path:  # gs://... and other remote caches are JAX's (etils) to create
+        os.makedirs(path, exist_ok=True)
     jax.config.update('jax_compilation_cache_dir', path)
     jax.config.update('jax_persistent_cache_min_compile_time_secs', MIN_COMPILE_SECONDS)
     global _listening

@@ -6,34 +6,58 @@ import os
 import numpy as np
 from PIL import Image
 
+from subspace_diffusion.run.files import FileProblem, guarded
+
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg')
+MAX_PIXELS = 1 << 26  # 8192 x 8192: larger images are refused from their header, before any decoding
 
 
-def _png_bit_depth(path) -> int:
-    """Bit depth per channel from a PNG header (0 if the file is not a PNG)."""
+def _png_header(path):
+    """(bit depth per channel, width, height) from a PNG's IHDR chunk, or None if the file is not a PNG."""
     with open(path, 'rb') as f:
         head = f.read(26)
-    return head[24] if head[:8] == b'\x89PNG\r\n\x1a\n' and len(head) == 26 else 0
+    if head[:8] != b'\x89PNG\r\n\x1a\n' or len(head) < 26 or head[12:16] != b'IHDR':
+        return None
+    return head[24], int.from_bytes(head[16:20], 'big'), int.from_bytes(head[20:24], 'big')
+
+
+def _check_pixels(path, width: int, height: int):
+    if width * height > MAX_PIXELS:
+        side = int(MAX_PIXELS ** 0.5)
+        raise FileProblem(f'image {path} is {width}x{height} pixels, over the limit of {MAX_PIXELS:,} ({side}x{side}), '
+                          f'checked before decoding: resize it or remove it')
 
 
 def read_image(path) -> np.ndarray:
-    """(H, W, C) float32 in [0, 1] at the file's full precision (8- or 16-bit); C is 1, 3 or 4."""
-    try:
-        if _png_bit_depth(path) == 16:
-            # Pillow reads 16-bit colour PNGs as 8-bit; TensorFlow decodes all 16 bits.
-            import tensorflow as tf
-            with open(path, 'rb') as f:
-                arr = tf.io.decode_png(f.read(), dtype=tf.uint16).numpy()
-            return arr.astype(np.float32) / 65535.
-        with Image.open(path) as img:
-            img.load()
-            if img.mode in ('I;16', 'I;16L', 'I;16B', 'I'):
-                return (np.asarray(img, np.float32) / 65535.)[..., None]
-            if img.mode not in ('L', 'RGB', 'RGBA'):
-                img = img.convert('RGBA' if 'A' in img.getbands() else 'RGB')
-            arr = np.asarray(img, np.float32) / 255.
-    except Exception as e:  # noqa: BLE001 -- any unreadable file gets the same answer, naming it
-        raise ValueError(f'cannot read image {path} ({type(e).__name__}: {e}): remove or replace the file') from e
+    """(H, W, C) float32 in [0, 1] at the file's full precision (8- or 16-bit); C is 1, 3 or 4.
+
+    The pixel count is read from the header and checked against MAX_PIXELS before any decoder allocates.
+    """
+    fix = 'remove or replace the file'
+    with guarded(path, 'image', fix):
+        png = _png_header(path)
+        if png is not None:
+            _check_pixels(path, png[1], png[2])
+        try:
+            if png is not None and png[0] == 16:
+                # Pillow reads 16-bit colour PNGs as 8-bit; TensorFlow decodes all 16 bits.
+                import tensorflow as tf
+                with open(path, 'rb') as f:
+                    arr = tf.io.decode_png(f.read(), dtype=tf.uint16).numpy()
+                return arr.astype(np.float32) / 65535.
+            with Image.open(path) as img:
+                _check_pixels(path, *img.size)  # the header only: nothing is decoded yet
+                img.load()
+                if img.mode in ('I;16', 'I;16L', 'I;16B', 'I'):
+                    return (np.asarray(img, np.float32) / 65535.)[..., None]
+                if img.mode not in ('L', 'RGB', 'RGBA'):
+                    img = img.convert('RGBA' if 'A' in img.getbands() else 'RGB')
+                arr = np.asarray(img, np.float32) / 255.
+        except FileProblem:
+            raise
+        except Exception as e:  # noqa: BLE001 -- any undecodable file (PIL, TensorFlow) gets the same answer
+            raise FileProblem(f'cannot read image {path} ({type(e).__name__}: {str(e).splitlines()[0][:160]}): '
+                              f'{fix}') from None
     return arr[..., None] if arr.ndim == 2 else arr
 
 

@@ -1,9 +1,10 @@
 """A workdir lock: one writer of each kind at a time, with the holder named, and a killed holder's lock taken over.
 
-`<workdir>/.lock_<kind>` carries a POSIX record lock (fcntl.lockf) while a run holds it, and the holder's
-host, process id, mode and start time. The kernel releases the lock when the holder exits, however it
-exits (SIGKILL included), so a lock file left behind by a killed run is taken over at once; the new
-holder says whose it was. Training and import share the kind 'checkpoints' (both write checkpoints);
+`<workdir>/.lock_<kind>` carries an advisory lock (flock) while a run holds it, and the holder's host,
+process id, mode and start time. The kernel releases the lock when the holder exits, however it exits
+(SIGKILL included), so a lock file left behind by a killed run is taken over at once; the new holder says
+whose it was. (flock, not POSIX record locks: those are dropped when the process closes any descriptor of
+the file.) Training and import share the kind 'checkpoints' (both write checkpoints);
 every other mode locks its own kind, so an evaluation can run beside a training of the same workdir.
 In a multi-process run process 0 holds the lock for all.
 """
@@ -41,14 +42,15 @@ class WorkdirLock:
     def _acquire(self):
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
+            holder = _holder(fd)
             os.close(fd)
-            if e.errno not in (errno.EACCES, errno.EAGAIN):
+            if e.errno not in (errno.EACCES, errno.EAGAIN, errno.EWOULDBLOCK):
                 raise
-            return (f'{os.path.dirname(self.path)} is in use by another run ({_describe(_holder(self.path))}): wait '
-                    f'for it to finish or stop it, or use another --workdir')
-        left = _holder(self.path)
+            return (f'{os.path.dirname(self.path)} is in use by another run ({_describe(holder)}): wait for it to '
+                    f'finish or stop it, or use another --workdir')
+        left = _holder(fd)
         if left:
             logging.info('taking over the workdir lock left by %s, which no longer runs', _describe(left))
         record = {'host': socket.gethostname(), 'pid': os.getpid(), 'mode': self.mode,
@@ -66,10 +68,10 @@ class WorkdirLock:
         return False
 
 
-def _holder(path) -> dict:
+def _holder(fd) -> dict:
+    """The record in the lock file open as `fd` ({} when empty or unreadable)."""
     try:
-        with open(path) as f:
-            text = f.read()
+        text = os.pread(fd, 4096, 0).decode()
         return json.loads(text) if text.strip() else {}
     except (OSError, ValueError):
         return {}

@@ -8,10 +8,14 @@ before it is called. Tensors come back as numpy arrays; views are bounds-checked
 """
 import collections
 import io
+import math
 import pickle
 import zipfile
+import zlib
 
 import numpy as np
+
+from subspace_diffusion.run.files import check_file
 
 # Storage class name -> numpy dtype (the pickled persistent id names the class, not the dtype).
 _STORAGE_DTYPES = {
@@ -19,6 +23,9 @@ _STORAGE_DTYPES = {
     'LongStorage': np.int64, 'IntStorage': np.int32, 'ShortStorage': np.int16, 'CharStorage': np.int8,
     'ByteStorage': np.uint8, 'BoolStorage': np.bool_,
 }
+
+
+MAX_STORAGE_BYTES = 1 << 34  # 16 GiB: far above any published network, far below a made-up claim
 
 
 class PthError(ValueError):
@@ -100,9 +107,15 @@ def _materialise(obj, read_storage):
     """Replace tensor placeholders by numpy arrays, recursively through dicts, lists and tuples."""
     if isinstance(obj, tuple) and len(obj) == 5 and obj[0] == 'tensor':
         _, storage, offset, size, stride = obj
-        flat = read_storage(storage)
         if any(s < 0 for s in size) or any(s < 0 for s in stride):
             raise PthError(f'tensor with negative size or stride {size} / {stride}')
+        # Sizes are checked before anything is allocated: a checkpoint's tensor never holds more elements
+        # than its storage (a stride-0 view of a huge shape would allocate without bound).
+        numel = math.prod(size)
+        if numel > storage.numel:
+            raise PthError(f'tensor view of shape {size} ({numel:,} elements) over a storage of {storage.numel:,}: '
+                           f'a stride-0 (expanded) view, which checkpoints do not hold; refused before allocating')
+        flat = read_storage(storage)
         last = offset + sum((n - 1) * s for n, s in zip(size, stride)) if all(size) else offset - 1
         if offset < 0 or last >= flat.size:
             raise PthError(f'tensor view (offset {offset}, size {size}, stride {stride}) runs past its storage '
@@ -123,9 +136,10 @@ def load(path, keys=None):
     `keys`: for a saved dict, read only these entries (the others are None), so that e.g. an optimiser
     state's tensors are never read into memory.
     """
+    check_file(path, 'torch file', 'give the path of a .pth file written by torch.save')
     try:
         archive = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, EOFError) as e:
+    except (zipfile.BadZipFile, EOFError, OSError) as e:
         raise PthError(f'{path} is not a torch.save zip archive ({e}): it is truncated, or was written by '
                        f'torch < 1.6 (re-save it with torch.save(torch.load(f), f) in a newer torch)') from e
     with archive:
@@ -147,13 +161,20 @@ def load(path, keys=None):
         def read_storage(storage):
             # Not cached: a storage usually backs one tensor, and its bytes are freed once that is copied out.
             name = f'{prefix}data/{storage.key}'
+            needed = storage.numel * storage.dtype.itemsize
+            try:
+                size = archive.getinfo(name).file_size
+            except KeyError:
+                raise PthError(f'{path}: storage {storage.key} is missing: the file is damaged') from None
+            if needed > MAX_STORAGE_BYTES:
+                raise PthError(f'{path}: storage {storage.key} claims {needed:,} bytes, over the limit of '
+                               f'{MAX_STORAGE_BYTES:,}: refused before reading')
+            if size < needed:
+                raise PthError(f'{path}: storage {storage.key} has {size} bytes, expected {needed}: the file is truncated')
             try:
                 raw = archive.read(name)
-            except (KeyError, zipfile.BadZipFile, OSError, EOFError) as e:
-                raise PthError(f'{path}: storage {storage.key} is missing or damaged ({e})') from e
-            if len(raw) < storage.numel * storage.dtype.itemsize:
-                raise PthError(f'{path}: storage {storage.key} has {len(raw)} bytes, expected '
-                               f'{storage.numel * storage.dtype.itemsize}: the file is truncated')
+            except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as e:
+                raise PthError(f'{path}: storage {storage.key} is damaged ({e})') from e
             return np.frombuffer(raw, storage.dtype, storage.numel)
 
         if keys is not None and isinstance(obj, dict):

@@ -84,7 +84,7 @@ class ClassifierFeatures:
                      self.spec.kind, d.dataset, self.spec.steps)
         x, y = data.labelled_split(d, 'train')
         x_test, y_test = data.labelled_split(d, 'test')
-        params = classifier.train(self.spec, x, y, jax.random.PRNGKey(0))
+        params = classifier.train(self.spec, x, y, seed=0)
         return params, classifier.accuracy(self.spec, params, x_test, y_test)
 
     def __call__(self, images) -> np.ndarray:
@@ -122,14 +122,19 @@ class Scorer:
             feats['inception'], feats['inception_logits'] = _batched(self.inception, images, INCEPTION_BATCH)
         return feats
 
+    def _cache_path(self) -> str:
+        """<workdir>/ref_stats_<dataset>_<size>_<content id>.npz: the reference statistics this workdir computes."""
+        d = self.settings.data
+        return os.path.join(self.workdir, f'ref_stats_{d.dataset}_{d.image_size}_'
+                                          f'{data.content_id(d, self.settings.eval.ref_split)}.npz')
+
     def ref_stats_path(self) -> str:
-        """eval.ref_stats_path, or <workdir>/ref_stats_<dataset>_<size>_<content id>.npz."""
-        d, ev = self.settings.data, self.settings.eval
-        name = f'ref_stats_{d.dataset}_{d.image_size}_{data.content_id(d, ev.ref_split)}.npz'
-        return ev.ref_stats_path or os.path.join(self.workdir, name)
+        """eval.ref_stats_path (read, never written), or the workdir's cache."""
+        return self.settings.eval.ref_stats_path or self._cache_path()
 
     def write_reference(self) -> dict:
-        """Reference statistics {name}_mu, {name}_sigma (and KID features) of split eval.ref_split, written."""
+        """Reference statistics {name}_mu, {name}_sigma (and KID features) of split eval.ref_split, written to the
+        workdir's cache (an explicit eval.ref_stats_path is only read)."""
         d, split = self.settings.data, self.settings.eval.ref_split
         logging.info('reference features of %s/%s (%s) ...', d.dataset, split, ', '.join(self.names))
         parts, n, t0 = [], 0, time.perf_counter()
@@ -144,7 +149,7 @@ class Scorer:
             arrays[f'{name}_mu'], arrays[f'{name}_sigma'] = fid.feature_stats(f)
             if name in KID_FEATURES:
                 arrays[f'{name}_features'] = f[:KID_REFERENCE_FEATURES]
-        path = self.ref_stats_path()
+        path = self._cache_path()
         if parallel.is_main_process():
             atomic_npz(path, **arrays)
             logging.info('reference statistics of %s/%s (%d images in %s) written to %s', d.dataset, split, n,
@@ -152,26 +157,28 @@ class Scorer:
         return arrays
 
     def reference(self) -> dict:
-        """Reference statistics for every feature set in use; computed as --mode=fid_stats does when absent."""
-        path = self.ref_stats_path()
+        """Reference statistics for every feature set in use: eval.ref_stats_path, or the workdir's cache (computed
+        as --mode=fid_stats does when absent, incomplete or damaged, and the log says so)."""
         needed = [f'{n}_mu' for n in self.names] + [f'{n}_features' for n in self.names if n in KID_FEATURES]
-        if os.path.exists(path):
-            explicit = bool(self.settings.eval.ref_stats_path)
-            fix = ('point config.eval.ref_stats_path at statistics written by --mode=fid_stats' if explicit
-                   else 'delete it to compute the reference statistics again')
-            try:
-                ref = read_npz(path, 'reference statistics', fix, required=('split', 'num_examples'))
-            except FileProblem as e:
-                if explicit:
-                    raise
-                logging.warning('%s; computing them again', e)
-                return self.write_reference()
-            if all(k in ref for k in needed):
-                return ref
-            logging.info('%s lacks %s: recomputing the reference statistics', path, [k for k in needed if k not in ref])
-        else:
+        if self.settings.eval.ref_stats_path:
+            fix = ('point config.eval.ref_stats_path at statistics written by --mode=fid_stats with the same feature '
+                   'sets, or leave it empty to compute them into the workdir')
+            return read_npz(self.settings.eval.ref_stats_path, 'reference statistics', fix,
+                            required=('split', 'num_examples', *needed))
+        path = self._cache_path()
+        if not os.path.exists(path):
             logging.info('no reference statistics at %s: computing them (main.py --mode=fid_stats does this alone)',
                          path)
+            return self.write_reference()
+        try:
+            ref = read_npz(path, 'reference statistics', 'delete it to compute them again',
+                           required=('split', 'num_examples'))
+        except FileProblem as e:
+            logging.warning('%s; computing them again', e)
+            return self.write_reference()
+        if all(k in ref for k in needed):
+            return ref
+        logging.info('%s lacks %s: recomputing the reference statistics', path, [k for k in needed if k not in ref])
         return self.write_reference()
 
     def score(self, images) -> dict:

@@ -37,11 +37,14 @@ class Rule:
     hi: float = INF
     lo_open: bool = False
     hi_open: bool = False
+    integer: bool = False  # tuple elements that must be integers (scalar int fields are typed already)
 
     def problem(self, value) -> Optional[str]:
         """Why `value` breaks the rule, or None."""
         if not math.isfinite(value):
             return f'must be a finite number, got {value}'
+        if self.integer and not isinstance(value, int):
+            return f'must be an integer, got {value}'
         below = value <= self.lo if self.lo_open else value < self.lo
         above = value >= self.hi if self.hi_open else value > self.hi
         if below or above:
@@ -57,10 +60,11 @@ class Rule:
     def outside(self) -> list:
         """Values just outside the range (for tests that walk every rule)."""
         out = [] if self.lo == -INF else [self.lo if self.lo_open else self.lo - 1]
-        return out + ([] if self.hi == INF else [self.hi if self.hi_open else self.hi + 1])
+        out += [] if self.hi == INF else [self.hi if self.hi_open else self.hi + 1]
+        return [int(v) if self.integer else v for v in out]
 
 
-AT_LEAST_1, AT_LEAST_0 = Rule(1), Rule(0)
+AT_LEAST_1, AT_LEAST_0, COUNT = Rule(1), Rule(0), Rule(1, integer=True)
 POSITIVE, UNIT_OPEN, FRACTION = Rule(0, lo_open=True), Rule(0, 1, True, True), Rule(0, 1, hi_open=True)
 
 # Every numeric field of the config and its rule (tuple fields: the rule of each element). A numeric field
@@ -71,8 +75,8 @@ RULES = {
     'data.image_size': Rule(1, 4096), 'data.num_channels': Rule(1, 3), 'data.padding': AT_LEAST_0,
     'sde.sigma_min': POSITIVE, 'sde.sigma_max': POSITIVE, 'sde.beta_min': AT_LEAST_0, 'sde.beta_max': POSITIVE,
     'model.dropout': FRACTION, 'model.fourier_scale': POSITIVE, 'model.ema_rate': FRACTION,
-    'model.nf': Rule(4), 'model.ch_mult': AT_LEAST_1, 'model.num_res_blocks': AT_LEAST_1,
-    'model.attn_resolutions': AT_LEAST_1, 'model.fir_kernel': AT_LEAST_0, 'model.init_scale': AT_LEAST_0,
+    'model.nf': Rule(4), 'model.ch_mult': COUNT, 'model.num_res_blocks': AT_LEAST_1,
+    'model.attn_resolutions': COUNT, 'model.fir_kernel': AT_LEAST_0, 'model.init_scale': AT_LEAST_0,
     'model.mlp_width': Rule(4), 'model.mlp_blocks': AT_LEAST_1,
     'training.batch_size': AT_LEAST_1, 'training.n_iters': AT_LEAST_1, 'training.n_jitted_steps': AT_LEAST_1,
     'training.eps': UNIT_OPEN, 'training.keep_checkpoints': AT_LEAST_1, 'training.snapshot_samples': AT_LEAST_1,

@@ -86,7 +86,11 @@ def draw(sample_fn, params, to_unit, shards: ShardPlan) -> dict:
     for j, i in enumerate(todo):
         t0 = time.perf_counter()
         x, nfe = sample_fn(params, jax.random.fold_in(shards.key, i), shards.batch_size)  # batch i's key alone
-        images = to_uint8(to_unit(parallel.gather(x)))[:shards.num_samples - i * shards.batch_size]
+        x = parallel.gather(x)
+        if not np.all(np.isfinite(x)):  # uint8 conversion would hide it: never score NaN as black images
+            raise FloatingPointError(f'sample batch {i} is not finite ({np.mean(~np.isfinite(x)):.0%} of its values): '
+                                     f'check the sampling settings and the checkpoint; nothing of this batch was written')
+        images = to_uint8(to_unit(x))[:shards.num_samples - i * shards.batch_size]
         if parallel.is_main_process():
             atomic_npz(shards.path(i), samples=images, nfe=np.asarray(nfe, np.float64))
         times.append(time.perf_counter() - t0)

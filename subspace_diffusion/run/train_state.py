@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from subspace_diffusion.models.ncsnpp import COMPUTE_FIELDS
 from subspace_diffusion.run import parallel
 from subspace_diffusion.run.networks import Networks
 from subspace_diffusion.run.settings import Optim
@@ -79,7 +80,8 @@ def checkpoint_meta(networks: Networks) -> dict:
     net = networks.image_model.net
     return {'param_keys': list(networks.param_keys), 'levels': list(networks.levels),
             'level_shapes': [list(networks.shapes[k]) for k in networks.levels], 'sde': networks.sde.kind,
-            'network': {f.name: _json(getattr(net, f.name)) for f in dataclasses.fields(net)}}
+            'network': {f.name: _json(getattr(net, f.name)) for f in dataclasses.fields(net)
+                        if f.name not in COMPUTE_FIELDS}}
 
 
 def _json(value):

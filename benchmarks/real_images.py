@@ -1,0 +1,151 @@
+"""The paper's claim on real images offline: Fashion-MNIST at CIFAR-10's chain shape (32 -> 16 -> 8 px).
+
+    python benchmarks/real_images.py --data_dir /usr/share/datasets/fashion-mnist   # ~90 min on 2 CPU cores
+
+One resumable command of main.py steps on configs/fashion_mnist.py (each printed as it runs, its log kept in
+<workdir>/logs; rerun the same command to continue after an interruption):
+1. train the full-space 32 px network; choose the cutoffs of the 16 px and 8 px levels with --mode=cutoffs on it
+   (orthogonal Fisher divergence at the default 3e-3);
+2. train the 16 px and 8 px level networks, each on t ~ U(t_k, T) with those cutoffs;
+3. evaluate with --seeds: the PC sampler at the config's steps in full space, the 1-level chain (32 -> 16)
+   and the 2-level chain (32 -> 16 -> 8), with bits/dim of the first --bpd_examples test images; then Heun and
+   DPM-Solver++ at --nfe effective NFE, full space and the 2-level chain. Each evaluation: classifier
+   Frechet distance and KID (the CNN of metrics/classifier.py, trained here on the training split), pixel
+   Frechet distance, effective NFE and wall time per sample, against the test split.
+Results: benchmarks/results/fashion_mnist.json (per seed, mean and spread, training cost of each network),
+docs/fashion_samples.png (full | 1-level | 2-level, seed 0), docs/fashion_cutoffs.png, docs/fashion_training.png.
+"""
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+
+import numpy as np
+from PIL import Image
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from configs import fashion_mnist  # noqa: E402
+from results import save_result  # noqa: E402
+from steps import Steps, log_seconds  # noqa: E402
+
+from subspace_diffusion.run.images import image_grid  # noqa: E402
+
+CONFIG = os.path.join(ROOT, 'configs', 'fashion_mnist.py')
+METRICS = ('classifier_fd', 'classifier_kid', 'pixel_fd', 'nfe_per_sample', 's_per_sample')
+NETWORKS = {'full': 0, 'level_1': 1, 'level_2': 2}  # workdir -> the level its network serves
+SPACES = {'full space': 0, '1-level chain': 1, '2-level chain': 2}  # name -> levels sampled
+
+
+def _flags(workdir, data_dir, levels, cutoffs, **extra):
+    flags = [f'--config={CONFIG}', f'--workdir={workdir}', f'--config.data.data_dir={data_dir}',
+             f'--config.subspace.levels={levels}', f'--config.subspace.cutoffs={tuple(cutoffs[:levels])}']
+    return flags + [f'--config.{k}={v}' for k, v in extra.items()]
+
+
+def _trained(workdir, n_iters):
+    return os.path.isdir(os.path.join(workdir, 'checkpoints', 'archive', str(n_iters)))
+
+
+def _variants(args):
+    """[(name, space, method, extra config)] of every evaluation."""
+    out = [(f'{space}, pc', space, 'pc', {'eval.enable_bpd': True}) for space in SPACES]
+    out += [(f'{space}, {method} {nfe:g}', space, method, {'sampling.nfe_budget': float(nfe)})
+            for method in ('ode_heun', 'dpm_solver++') for nfe in args.nfe for space in ('full space', '2-level chain')]
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument('--workdir', default=os.path.join(ROOT, 'runs', 'fashion'))
+    parser.add_argument('--data_dir', default=fashion_mnist.get_config().data.data_dir,
+                        help='the folder of the Fashion-MNIST IDX files')
+    parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
+    parser.add_argument('--nfe', type=float, nargs='+', default=[10, 20, 35])
+    parser.add_argument('--bpd_examples', type=int, default=32)
+    args = parser.parse_args()
+    w = lambda *p: os.path.join(args.workdir, *p)  # noqa: E731
+    os.makedirs(w('logs'), exist_ok=True)
+    config = fashion_mnist.get_config()
+    n = config.training.n_iters
+    variants = _variants(args)
+    plan = {'train full': 1800, 'cutoffs': 200, 'train level_1': 500, 'train level_2': 300}
+    plan.update({f'eval {v[0]}, seed {s}': 120 if v[2] == 'pc' else 40 for v in variants for s in args.seeds})
+    steps = Steps(plan, logs=w('logs'))
+    configured = config.subspace.cutoffs  # the full-space network and the cutoff analysis do not depend on them
+    steps.run('train full', _trained(w('full'), n), '--mode=train',
+              *_flags(w('full'), args.data_dir, 2, configured))
+    steps.run('cutoffs', os.path.exists(w('full', 'cutoffs.json')), '--mode=cutoffs',
+              *_flags(w('full'), args.data_dir, 2, configured))
+    with open(w('full', 'cutoffs.json')) as f:
+        found = [row['cutoff'] for row in json.load(f)['levels']]
+    if None in found:
+        sys.exit(f'a level has no cutoff at the threshold ({found}): train the full-space model longer')
+    cutoffs = tuple(round(c, 3) for c in found)
+    for name, level in list(NETWORKS.items())[1:]:
+        steps.run(f'train {name}', _trained(w(name), n), '--mode=train',
+                  *_flags(w(name), args.data_dir, 2, cutoffs, **{'subspace.train_level': level}))
+
+    results = []
+    for name, space, method, extra in variants:
+        levels = SPACES[space]
+        workdirs = '(' + ','.join(f'"{w(d)}"' for d in list(NETWORKS)[:levels + 1]) + ',)'
+        runs = []
+        for seed in args.seeds:
+            folder = f'{name.replace(", ", "_").replace(" ", "_")}_seed{seed}'
+            metrics_path = w('eval', folder, f'step_{n}', 'metrics.json')
+            flags = {'seed': seed, 'eval.folder': folder, 'eval.level_workdirs': workdirs,
+                     'eval.use_subspace': bool(levels), 'sampling.method': method,
+                     'eval.bpd_num_examples': args.bpd_examples, 'eval.bpd_num_repeats': 1, **extra}
+            steps.run(f'eval {name}, seed {seed}', os.path.exists(metrics_path), '--mode=eval',
+                      *_flags(w('eval'), args.data_dir, levels, cutoffs, **flags))
+            with open(metrics_path) as f:
+                m = json.load(f)
+            m['s_per_sample'] = 1 / m['samples_per_s']
+            keys = METRICS + (('bpd',) if 'bpd' in m else ())
+            runs.append({'seed': seed, **{k: m[k] for k in keys}})
+        keys = [k for k in runs[0] if k != 'seed']
+        results.append({'variant': name, 'space': space, 'method': method, 'levels': levels, 'runs': runs,
+                        'mean': {k: float(np.mean([r[k] for r in runs])) for k in keys},
+                        'std': {k: float(np.std([r[k] for r in runs], ddof=1)) for k in keys}})
+        print(f'{name}: ' + ', '.join(f'{k} {results[-1]["mean"][k]:.4g} +- {results[-1]["std"][k]:.2g}'
+                                      for k in keys), flush=True)
+
+    training = {}
+    for name, level in NETWORKS.items():
+        record = json.load(open(w(name, 'config_train.json')))
+        training[name] = {'level': level, 'px': 32 // 2 ** level, 'steps': n, 'batch': record['training']['batch_size'],
+                          'wall_s': log_seconds(steps.log_path(f'train {name}'))}
+    accuracy = json.load(open(w('eval', variants[0][0].replace(', ', '_').replace(' ', '_') + f'_seed{args.seeds[0]}',
+                                f'step_{n}', 'metrics.json')))['classifier_test_accuracy']
+    _figures(w, args.seeds[0], n)
+    save_result('fashion_mnist', {
+        'command': 'python benchmarks/real_images.py --data_dir <the Fashion-MNIST IDX folder>',
+        'config': 'configs/fashion_mnist.py', 'n_iters': n, 'seeds': args.seeds, 'cutoffs_at_3e-3': cutoffs,
+        'classifier_test_accuracy': accuracy, 'training': training, 'variants': results,
+        'wall_s': time.perf_counter() - steps.t0,
+        'notes': 'std is the sample standard deviation over seeds (ddof=1); Frechet distances and KID of 256 samples '
+                 f'against the 10,000 test images; bits/dim of the first {args.bpd_examples} test images, one '
+                 'dequantisation draw; wall time per sample excludes compilation (measured on later batches)'})
+
+
+def _figures(w, seed, n):
+    """docs/fashion_samples.png (full | 1-level | 2-level, seed `seed`), fashion_cutoffs.png, fashion_training.png."""
+    docs = os.path.join(ROOT, 'docs')
+    panels = []
+    for space in SPACES:
+        folder = w('eval', f'{space.replace(" ", "_")}_pc_seed{seed}', f'step_{n}')
+        with np.load(os.path.join(folder, 'samples_0.npz')) as f:
+            panels.append(image_grid(f['samples'][:36] / 255., ncol=6))
+    gap = np.full((panels[0].shape[0], 8, panels[0].shape[2]), 255, np.uint8)
+    row = np.concatenate([panels[0], gap, panels[1], gap, panels[2]], axis=1)[..., 0]
+    img = Image.fromarray(row)
+    img.resize((img.size[0] * 3, img.size[1] * 3), Image.NEAREST).save(os.path.join(docs, 'fashion_samples.png'))
+    shutil.copy(w('full', 'cutoffs.png'), os.path.join(docs, 'fashion_cutoffs.png'))
+    shutil.copy(w('full', 'samples', f'step_{n:07d}.png'), os.path.join(docs, 'fashion_training.png'))
+
+
+if __name__ == '__main__':
+    main()
