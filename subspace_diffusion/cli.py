@@ -101,6 +101,9 @@ def _base_config(config_file):
 
 def check_workdir(workdir):
     """Create the workdir and prove it writable, or raise one ValueError naming the problem and the fix."""
+    if '://' in workdir:  # os.makedirs would quietly create a local folder named 'gs:'
+        raise ValueError(f'--workdir={workdir} is a URL: the workdir must be a file system path every process sees '
+                         f'(a local disk, NFS / Filestore, or a mounted bucket); only --compile_cache takes gs://')
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise ValueError(f'--workdir={workdir} is a file, not a directory: choose another --workdir')
     try:

@@ -79,6 +79,9 @@ def test_workdir_that_is_a_file_or_under_a_file(tmp_path):
     _one_error_line(rc, err, 'is a file, not a directory: choose another --workdir')
     rc, err = _main(f'--workdir={tmp_path / "file" / "run"}', '--mode=train')
     _one_error_line(rc, err, 'cannot be written (a part of the path is a file): choose another --workdir')
+    rc, err = _main('--workdir=gs://bucket/run', '--mode=train')
+    _one_error_line(rc, err, 'is a URL: the workdir must be a file system path every process sees')
+    assert not os.path.exists(os.path.join(ROOT, 'gs:'))  # main.py runs in ROOT
 
 
 @contextlib.contextmanager

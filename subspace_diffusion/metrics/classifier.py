@@ -26,6 +26,7 @@ import numpy as np
 import optax
 
 PIXEL_FD_MAX_DIM = 4096  # covariance d x d: 64x64x1 or 32x32x3 still fit in memory and sqrtm time
+PROGRESS_EVERY = 500  # classifier training steps between progress reports
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,8 +106,10 @@ def logits(spec: ClassifierSpec, params: dict, x01) -> jnp.ndarray:
     return features(spec, params, x01) @ params[f'w{n}'] + params[f'b{n}']
 
 
-def train(spec: ClassifierSpec, images, labels, seed: int = 0) -> dict:
+def train(spec: ClassifierSpec, images, labels, seed: int = 0, on_step=None) -> dict:
     """Parameters trained by Adam for spec.steps steps on (N, H, W, C) [0,1] images and integer labels (N,).
+
+    `on_step(done)`, if given, is called every PROGRESS_EVERY steps and at the end (the caller reports progress).
 
     Deterministic for a seed: full batch when spec.batch_size is 0 or >= N, else minibatches in the order of a
     seeded permutation per epoch. A Python loop of compiled steps with the batch as an argument: XLA:CPU runs a
@@ -138,6 +141,9 @@ def train(spec: ClassifierSpec, images, labels, seed: int = 0) -> dict:
                 order = np.random.default_rng([seed, i // per_epoch]).permutation(n)
             rows = order[(i % per_epoch) * spec.batch_size:(i % per_epoch + 1) * spec.batch_size]
         params, opt = step(params, opt, images[rows], labels[rows])
+        if on_step is not None and ((i + 1) % PROGRESS_EVERY == 0 or i + 1 == spec.steps):
+            jax.block_until_ready(params)
+            on_step(i + 1)
     return jax.device_get(params)
 
 

@@ -84,7 +84,14 @@ class ClassifierFeatures:
                      self.spec.kind, d.dataset, self.spec.steps)
         x, y = data.labelled_split(d, 'train')
         x_test, y_test = data.labelled_split(d, 'test')
-        params = classifier.train(self.spec, x, y, seed=0)
+        start = time.perf_counter()
+
+        def report(done):
+            rate = done / (time.perf_counter() - start)
+            logging.info('classifier step %d/%d  %.1f it/s  ETA %s', done, self.spec.steps, rate,
+                         fmt_duration((self.spec.steps - done) / rate))
+
+        params = classifier.train(self.spec, x, y, seed=0, on_step=report)
         return params, classifier.accuracy(self.spec, params, x_test, y_test)
 
     def __call__(self, images) -> np.ndarray:
