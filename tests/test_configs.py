@@ -2,7 +2,7 @@
 
 The networks are shrunk by overrides (the full architectures are checked against the reference's
 manifest in test_reference_import.py); data, SDE, chain, cutoffs and sampler settings are the config's.
-TFDS datasets come from `tfds.testing.mock_data`.
+TFDS datasets come from `tfds.testing.mock_data`, IDX folders (Fashion-MNIST, MNIST) are written by the test.
 """
 import contextlib
 import glob
@@ -11,6 +11,7 @@ import os
 
 import numpy as np
 import pytest
+from idx_files import idx_folder
 from PIL import Image
 
 from subspace_diffusion.jobs import train
@@ -29,8 +30,11 @@ SHRINK = {
 }
 
 
-def _shrunk(name):
+def _shrunk(name, tmp_path):
     config = importlib.import_module(f'configs.{name}').get_config()
+    if config.data.dataset in ('fashion_mnist', 'mnist') and config.data.data_dir:  # the real files stay outside
+        idx_folder(tmp_path / 'idx', n=(16, 8))
+        config.data.data_dir = str(tmp_path / 'idx')
     # Small images with the config's own pooling factor: one U-Net level at the subspace resolution.
     size = 4 * config.subspace.factor ** config.subspace.levels
     for key, value in {**SHRINK, 'data.image_size': size}.items():
@@ -45,7 +49,7 @@ def test_every_config_file_is_covered():
 
 @pytest.mark.parametrize('name', CONFIGS)
 def test_config_builds_data_trains_and_samples(name, tmp_path):
-    settings = Settings.from_config(_shrunk(name))
+    settings = Settings.from_config(_shrunk(name, tmp_path))
     context = contextlib.nullcontext()
     if settings.data.dataset not in ('digits', 'folder') and not settings.data.data_dir:  # TFDS
         tfds = pytest.importorskip('tensorflow_datasets')

@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+from idx_files import idx_folder, write_idx
 from PIL import Image
 
 from subspace_diffusion.run import data
@@ -246,30 +247,9 @@ def test_ffhq_tfrecords_and_lsun_crop(tmp_path):
     np.testing.assert_array_equal(data._crop_resize_uint8(tf.constant(tall), 4).numpy(), 255)
 
 
-def _idx(path, array, magic_type=0x08, gz=False, cut=0):
-    """Write `array` (uint8) as an IDX file (optionally gzipped, or cut short by `cut` bytes)."""
-    import gzip
-    raw = bytes([0, 0, magic_type, array.ndim]) + b''.join(int(n).to_bytes(4, 'big') for n in array.shape)
-    raw += np.ascontiguousarray(array, np.uint8).tobytes()
-    raw = raw[:len(raw) - cut] if cut else raw
-    (gzip.open if gz else open)(str(path) + ('.gz' if gz else ''), 'wb').write(raw)
-
-
-def _idx_folder(folder, n=(20, 8), gz=True):
-    rng = np.random.default_rng(0)
-    folder.mkdir(exist_ok=True)
-    arrays = {}
-    for split, prefix, count in (('train', 'train', n[0]), ('test', 't10k', n[1])):
-        images, labels = rng.integers(0, 256, (count, 28, 28), dtype=np.uint8), rng.integers(0, 10, count)
-        _idx(folder / f'{prefix}-images-idx3-ubyte', images, gz=gz)
-        _idx(folder / f'{prefix}-labels-idx1-ubyte', labels.astype(np.uint8), gz=gz)
-        arrays[split] = images, labels
-    return arrays
-
-
 @pytest.mark.parametrize('dataset,gz', [('fashion_mnist', True), ('mnist', False)])
 def test_idx_datasets_with_labels_and_padding(tmp_path, dataset, gz):
-    arrays = _idx_folder(tmp_path / 'idx', gz=gz)
+    arrays = idx_folder(tmp_path / 'idx', gz=gz)
     cfg = _config(dataset, image_size=32, padding=2, data_dir=str(tmp_path / 'idx'))
     batches = list(data.get_dataset(cfg, 'test', 4, repeat=False))  # the test split keeps its order
     images = np.concatenate([b['image'] for b in batches])
@@ -287,15 +267,15 @@ def test_idx_datasets_with_labels_and_padding(tmp_path, dataset, gz):
 def test_damaged_idx_files_are_one_line(tmp_path):
     from subspace_diffusion.run.files import FileProblem
     cfg = _config('mnist', image_size=28, data_dir=str(tmp_path))
-    _idx_folder(tmp_path, gz=False)
+    idx_folder(tmp_path, gz=False)
     images = np.zeros((8, 28, 28), np.uint8)
     for damage, expected in [(dict(cut=10), 'is truncated (6262 data bytes, the header says 6272)'),
                              (dict(magic_type=0x0D), 'holds 3-d data of type 0x0d, expected 3-d unsigned bytes')]:
-        _idx(tmp_path / 't10k-images-idx3-ubyte', images, **damage)
+        write_idx(tmp_path / 't10k-images-idx3-ubyte', images, **damage)
         with pytest.raises(FileProblem, match=re.escape(expected)) as e:
             next(data.get_dataset(cfg, 'test', 4))
         assert 't10k-images-idx3-ubyte' in str(e.value) and '\n' not in str(e.value)
-    _idx(tmp_path / 't10k-images-idx3-ubyte', np.zeros((5, 28, 28), np.uint8))
+    write_idx(tmp_path / 't10k-images-idx3-ubyte', np.zeros((5, 28, 28), np.uint8))
     with pytest.raises(FileProblem, match='disagree: 5 images but 8 labels'):
         next(data.get_dataset(cfg, 'test', 4))
     (tmp_path / 't10k-images-idx3-ubyte').write_bytes(b'GIF89a not idx at all')
