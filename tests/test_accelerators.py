@@ -50,7 +50,8 @@ def test_compilation_cache_is_written_and_hit_by_a_second_process(tmp_path):
 
 def _shrunk(name, **model):
     config = importlib.import_module(f'configs.{name}').get_config()
-    config.model.nf, config.model.num_res_blocks, config.data.image_size = 16, 1, 16
+    # Two resolutions (16 and 8 px, attention at 16) of the config's own block types and input/output pyramids.
+    config.model.nf, config.model.num_res_blocks, config.model.ch_mult, config.data.image_size = 16, 1, (1, 2), 16
     config.subspace.levels, config.subspace.cutoffs = 0, ()
     for key, value in model.items():
         config.model[key] = value
@@ -69,7 +70,7 @@ def test_bfloat16_outputs_are_within_tolerance_of_float32(name):
     y32, y16 = nets32.score(params, 0)(x, t), nets16.score(params, 0)(x, t)
     assert y16.dtype == jnp.float32 and jax.tree.leaves(params)[0].dtype == jnp.float32
     relative = float(jnp.linalg.norm(y16 - y32) / jnp.linalg.norm(y32))
-    # bfloat16 keeps 8 bits of mantissa (relative rounding 0.4%): measured 0.8-0.9% through the whole U-Net.
+    # bfloat16 keeps 8 bits of mantissa (relative rounding 0.4%): measured 0.75% (NCSN++), 0.97% (DDPM++).
     assert 1e-4 < relative < 0.03, relative
     # sampling stays float32 unless asked: the same bfloat16-trained network in the default sample_dtype
     f32_sampling = Experiment.build(_shrunk(name, dtype='bfloat16'), (0,)).networks
@@ -146,23 +147,15 @@ def _shards(workdir):
 
 
 def test_two_process_evaluation_equals_one_process_and_resumes_after_a_kill(trained, tmp_path):
-    one, two, killed = (shutil.copytree(trained, tmp_path / name) for name in ('one', 'two', 'killed'))
+    one, two = (shutil.copytree(trained, tmp_path / name) for name in ('one', 'two'))
     out = subprocess.run(_cmd('--mode=eval', f'--workdir={one}', **EVAL), env=_env(), capture_output=True, text=True,
                          timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
-    procs = _two_processes(two)
-    for p in procs:
-        assert p.wait(timeout=600) == 0, p.stderr.read()[-2000:]
-    (samples1, metrics1), (samples2, metrics2) = _shards(one), _shards(two)
-    for a, b in zip(samples1, samples2, strict=True):
-        np.testing.assert_array_equal(a, b)
-    for key in ('pixel_fd', 'classifier_fd', 'classifier_kid', 'nfe_per_sample'):
-        assert metrics2[key] == metrics1[key], key
-    # The adaptive likelihood solve reduces over a batch split across processes: same value within its error.
-    assert abs(metrics2['bpd'] - metrics1['bpd']) < 3 * metrics1['bpd_stderr']
+    samples1, metrics1 = _shards(one)
 
-    procs = _two_processes(killed)
-    folder = killed / 'eval' / 'step_2'
+    # Two processes, killed once some shards are in, then rerun: every shard is written by the two processes.
+    procs = _two_processes(two)
+    folder = two / 'eval' / 'step_2'
     deadline = time.time() + 300
     while not (folder / 'samples_1.npz').exists() and time.time() < deadline and all(p.poll() is None for p in procs):
         time.sleep(0.05)
@@ -171,11 +164,14 @@ def test_two_process_evaluation_equals_one_process_and_resumes_after_a_kill(trai
         p.wait()
     kept = len(list(folder.glob('samples_*.npz')))
     assert 2 <= kept < 8 and not (folder / 'metrics.json').exists(), kept
-    procs = _two_processes(killed)
+    procs = _two_processes(two)
     logs = [p.communicate(timeout=600)[1] for p in procs]
     assert all(p.returncode == 0 for p in procs), logs[0][-2000:]
     assert f'resuming: {kept} of 8 sample batches already in' in logs[0]
-    samples3, metrics3 = _shards(killed)
-    for a, b in zip(samples1, samples3, strict=True):
+    samples2, metrics2 = _shards(two)
+    for a, b in zip(samples1, samples2, strict=True):
         np.testing.assert_array_equal(a, b)
-    assert metrics3['classifier_fd'] == metrics1['classifier_fd']
+    for key in ('pixel_fd', 'classifier_fd', 'classifier_kid', 'nfe_per_sample'):
+        assert metrics2[key] == metrics1[key], key
+    # The adaptive likelihood solve reduces over a batch split across processes: same value within its error.
+    assert abs(metrics2['bpd'] - metrics1['bpd']) < 3 * metrics1['bpd_stderr']
