@@ -129,7 +129,7 @@ def test_nan_in_an_int_field_and_a_seed_are_one_line(tmp_path):
     rc, err = _main(f'--workdir={tmp_path / "w"}', '--mode=train', '--config.training.batch_size=nan')
     _one_line(rc, err, 'batch_size')
     rc, err = _main(f'--workdir={tmp_path / "w"}', '--mode=train', seed=-1)
-    _one_line(rc, err, 'config.seed: must lie in [0, 2.14748e+09], got -1')
+    _one_line(rc, err, 'config.seed: must lie in [0, 2147483647], got -1')
     rc, err = _main(f'--workdir={tmp_path / "w"}', '--mode=eval', sampling__nfe_budget=math.nan)
     _one_line(rc, err, 'config.sampling.nfe_budget: must be a finite number, got nan')
     assert not (tmp_path / 'w').exists()  # nothing written before the settings pass

@@ -29,6 +29,11 @@ ALL_LEVELS = -1  # subspace.train_level value that trains every level of the cha
 INF = math.inf
 
 
+def _number(x: float) -> str:
+    """A bound as people read it: 2147483647 rather than 2.14748e+09, 0.001 as is."""
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e16 else f'{x:g}'
+
+
 @dataclasses.dataclass(frozen=True)
 class Rule:
     """What a numeric setting may be: finite, within [lo, hi] (an open end where lo_open / hi_open)."""
@@ -54,8 +59,8 @@ class Rule:
     def describe(self) -> str:
         """'[0, 1)', '>= 1', '> 0' ..."""
         if self.hi == INF:
-            return f'{">" if self.lo_open else ">="} {self.lo:g}'
-        return f'{"(" if self.lo_open else "["}{self.lo:g}, {self.hi:g}{")" if self.hi_open else "]"}'
+            return f'{">" if self.lo_open else ">="} {_number(self.lo)}'
+        return f'{"(" if self.lo_open else "["}{_number(self.lo)}, {_number(self.hi)}{")" if self.hi_open else "]"}'
 
     def outside(self) -> list:
         """Values just outside the range (for tests that walk every rule)."""
