@@ -23,15 +23,10 @@ import shutil
 import sys
 import time
 
-import numpy as np
-from PIL import Image
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from results import save_result  # noqa: E402
-from steps import Steps  # noqa: E402
-
-from subspace_diffusion.run.images import image_grid  # noqa: E402
+from steps import Steps, over_seeds, read_metrics, sample_panels  # noqa: E402
 
 CONFIG = os.path.join(ROOT, 'configs', 'quality_digits.py')
 KINDS = ('pooling', 'patch_pca', 'pca')
@@ -114,16 +109,10 @@ def main():
                      'eval.use_subspace': bool(levels)}
             steps.run(f'eval {variant}, seed {seed}', os.path.exists(os.path.join(folder, 'metrics.json')),
                       '--mode=eval', *_flags(workdir, kind, levels, cutoffs[kind][:levels], **extra))
-            with open(os.path.join(folder, 'metrics.json')) as f:
-                m = json.load(f)
-            m['s_per_sample'] = 1 / m['samples_per_s']
+            m = read_metrics(os.path.join(folder, 'metrics.json'))
             runs.append({'seed': seed, **{k: m[k] for k in METRICS}, 'space': m['space']})
-        results[variant] = {
-            'chain': kind if levels else 'none', 'levels': levels, 'shared_network': shared, 'runs': runs,
-            'mean': {k: float(np.mean([r[k] for r in runs])) for k in METRICS},
-            'std': {k: float(np.std([r[k] for r in runs], ddof=1)) for k in METRICS}}
-        print(f'{variant}: ' + ', '.join(f'{k} {results[variant]["mean"][k]:.4g} +- {results[variant]["std"][k]:.2g}'
-                                         for k in METRICS), flush=True)
+        results[variant] = {'chain': kind if levels else 'none', 'levels': levels, 'shared_network': shared,
+                            'runs': runs, **over_seeds(variant, runs, METRICS)}
 
     _figures(w, args.seeds[0], n)
     save_result('quality', {
@@ -137,15 +126,9 @@ def main():
 def _figures(w, seed, n):
     """docs/quality_samples.png: 16 samples of seed `seed` per variant side by side; docs/quality_cutoffs.png."""
     docs = os.path.join(ROOT, 'docs')
-    panels = []
-    for variant in ('full space', '1-level pooling', '2-level pooling'):
-        folder = w(_eval_dir(variant), f'seed_{seed}', f'step_{n}')
-        with np.load(os.path.join(folder, 'samples_0.npz')) as f:
-            panels.append(image_grid(f['samples'][:16] / 255., ncol=4))
-    gap = np.full((panels[0].shape[0], 6, panels[0].shape[2]), 255, np.uint8)
-    row = np.concatenate([panels[0], gap, panels[1], gap, panels[2]], axis=1)
-    img = Image.fromarray(row[..., 0] if row.shape[-1] == 1 else row)
-    img.resize((img.size[0] * 4, img.size[1] * 4), Image.NEAREST).save(os.path.join(docs, 'quality_samples.png'))
+    sample_panels([w(_eval_dir(v), f'seed_{seed}', f'step_{n}') for v in ('full space', '1-level pooling',
+                                                                          '2-level pooling')],
+                  count=16, ncol=4, gap=6, scale=4, path=os.path.join(docs, 'quality_samples.png'))
     shutil.copy(w('full', 'cutoffs_pooling.png'), os.path.join(docs, 'quality_cutoffs.png'))
 
 

@@ -1,6 +1,6 @@
 """The paper's claim on real images offline: Fashion-MNIST at CIFAR-10's chain shape (32 -> 16 -> 8 px).
 
-    python benchmarks/real_images.py --data_dir /usr/share/datasets/fashion-mnist   # ~90 min on 2 CPU cores
+    python benchmarks/real_images.py --data_dir /usr/share/datasets/fashion-mnist   # ~75 min on 2 CPU cores
 
 One resumable command of main.py steps on configs/fashion_mnist.py (each printed as it runs, its log kept in
 <workdir>/logs; rerun the same command to continue after an interruption):
@@ -16,22 +16,17 @@ Results: benchmarks/results/fashion_mnist.json (per seed, mean and spread, train
 docs/fashion_samples.png (full | 1-level | 2-level, seed 0), docs/fashion_cutoffs.png, docs/fashion_training.png.
 """
 import argparse
+import glob
 import json
 import os
 import shutil
 import sys
-import time
-
-import numpy as np
-from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from configs import fashion_mnist  # noqa: E402
 from results import save_result  # noqa: E402
-from steps import Steps, log_seconds  # noqa: E402
-
-from subspace_diffusion.run.images import image_grid  # noqa: E402
+from steps import Steps, log_seconds, over_seeds, read_metrics, sample_panels  # noqa: E402
 
 CONFIG = os.path.join(ROOT, 'configs', 'fashion_mnist.py')
 METRICS = ('classifier_fd', 'classifier_kid', 'pixel_fd', 'nfe_per_sample', 's_per_sample')
@@ -43,6 +38,11 @@ def _flags(workdir, data_dir, levels, cutoffs, **extra):
     flags = [f'--config={CONFIG}', f'--workdir={workdir}', f'--config.data.data_dir={data_dir}',
              f'--config.subspace.levels={levels}', f'--config.subspace.cutoffs={tuple(cutoffs[:levels])}']
     return flags + [f'--config.{k}={v}' for k, v in extra.items()]
+
+
+def _folder(variant: str, seed: int) -> str:
+    """The eval.folder of one variant's evaluation at one seed."""
+    return f'{variant.replace(", ", "_").replace(" ", "_")}_seed{seed}'
 
 
 def _trained(workdir, n_iters):
@@ -94,55 +94,41 @@ def main():
         workdirs = '(' + ','.join(f'"{w(d)}"' for d in list(NETWORKS)[:levels + 1]) + ',)'
         runs = []
         for seed in args.seeds:
-            folder = f'{name.replace(", ", "_").replace(" ", "_")}_seed{seed}'
-            metrics_path = w('eval', folder, f'step_{n}', 'metrics.json')
-            flags = {'seed': seed, 'eval.folder': folder, 'eval.level_workdirs': workdirs,
+            metrics_path = w('eval', _folder(name, seed), f'step_{n}', 'metrics.json')
+            flags = {'seed': seed, 'eval.folder': _folder(name, seed), 'eval.level_workdirs': workdirs,
                      'eval.use_subspace': bool(levels), 'sampling.method': method,
                      'eval.bpd_num_examples': args.bpd_examples, 'eval.bpd_num_repeats': 1, **extra}
             steps.run(f'eval {name}, seed {seed}', os.path.exists(metrics_path), '--mode=eval',
                       *_flags(w('eval'), args.data_dir, levels, cutoffs, **flags))
-            with open(metrics_path) as f:
-                m = json.load(f)
-            m['s_per_sample'] = 1 / m['samples_per_s']
-            keys = METRICS + (('bpd',) if 'bpd' in m else ())
-            runs.append({'seed': seed, **{k: m[k] for k in keys}})
+            m = read_metrics(metrics_path)
+            accuracy = m['classifier_test_accuracy']  # one classifier, cached in the eval workdir, serves every run
+            runs.append({'seed': seed, **{k: m[k] for k in METRICS + (('bpd',) if 'bpd' in m else ())}})
         keys = [k for k in runs[0] if k != 'seed']
         results.append({'variant': name, 'space': space, 'method': method, 'levels': levels, 'runs': runs,
-                        'mean': {k: float(np.mean([r[k] for r in runs])) for k in keys},
-                        'std': {k: float(np.std([r[k] for r in runs], ddof=1)) for k in keys}})
-        print(f'{name}: ' + ', '.join(f'{k} {results[-1]["mean"][k]:.4g} +- {results[-1]["std"][k]:.2g}'
-                                      for k in keys), flush=True)
+                        **over_seeds(name, runs, keys)})
 
     training = {}
     for name, level in NETWORKS.items():
         record = json.load(open(w(name, 'config_train.json')))
         training[name] = {'level': level, 'px': 32 // 2 ** level, 'steps': n, 'batch': record['training']['batch_size'],
                           'wall_s': log_seconds(steps.log_path(f'train {name}'))}
-    accuracy = json.load(open(w('eval', variants[0][0].replace(', ', '_').replace(' ', '_') + f'_seed{args.seeds[0]}',
-                                f'step_{n}', 'metrics.json')))['classifier_test_accuracy']
     _figures(w, args.seeds[0], n)
     save_result('fashion_mnist', {
         'command': 'python benchmarks/real_images.py --data_dir <the Fashion-MNIST IDX folder>',
         'config': 'configs/fashion_mnist.py', 'n_iters': n, 'seeds': args.seeds, 'cutoffs_at_3e-3': cutoffs,
         'classifier_test_accuracy': accuracy, 'training': training, 'variants': results,
-        'wall_s': time.perf_counter() - steps.t0,
+        'wall_s': sum(log_seconds(p) for p in glob.glob(w('logs', '*.log'))),
         'notes': 'std is the sample standard deviation over seeds (ddof=1); Frechet distances and KID of 256 samples '
                  f'against the 10,000 test images; bits/dim of the first {args.bpd_examples} test images, one '
-                 'dequantisation draw; wall time per sample excludes compilation (measured on later batches)'})
+                 'dequantisation draw; wall time per sample excludes compilation (measured on later batches); '
+                 'wall_s is the sum of every main.py step\'s logged time, over all invocations of the command'})
 
 
 def _figures(w, seed, n):
     """docs/fashion_samples.png (full | 1-level | 2-level, seed `seed`), fashion_cutoffs.png, fashion_training.png."""
     docs = os.path.join(ROOT, 'docs')
-    panels = []
-    for space in SPACES:
-        folder = w('eval', f'{space.replace(" ", "_")}_pc_seed{seed}', f'step_{n}')
-        with np.load(os.path.join(folder, 'samples_0.npz')) as f:
-            panels.append(image_grid(f['samples'][:36] / 255., ncol=6))
-    gap = np.full((panels[0].shape[0], 8, panels[0].shape[2]), 255, np.uint8)
-    row = np.concatenate([panels[0], gap, panels[1], gap, panels[2]], axis=1)[..., 0]
-    img = Image.fromarray(row)
-    img.resize((img.size[0] * 3, img.size[1] * 3), Image.NEAREST).save(os.path.join(docs, 'fashion_samples.png'))
+    sample_panels([w('eval', _folder(f'{space}, pc', seed), f'step_{n}') for space in SPACES],
+                  count=36, ncol=6, gap=8, scale=3, path=os.path.join(docs, 'fashion_samples.png'))
     shutil.copy(w('full', 'cutoffs.png'), os.path.join(docs, 'fashion_cutoffs.png'))
     shutil.copy(w('full', 'samples', f'step_{n:07d}.png'), os.path.join(docs, 'fashion_training.png'))
 

@@ -1,14 +1,20 @@
-"""The long benchmarks' runner: main.py steps in order, skipping finished ones, with elapsed time and an ETA."""
+"""The long benchmarks' runner: main.py steps in order, skipping finished ones, with elapsed time and an ETA;
+and the read-back of what their evaluations leave (metrics over seeds, sample panels)."""
 import collections
 import datetime
+import json
 import os
 import re
 import subprocess
 import sys
 import time
 
+import numpy as np
+from PIL import Image
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from subspace_diffusion.run.images import image_grid  # noqa: E402
 from subspace_diffusion.run.progress import fmt_duration  # noqa: E402
 
 
@@ -58,3 +64,32 @@ def log_seconds(path) -> float:
         return 0.0
     first, last = (datetime.datetime.strptime(s, '%m%d %H:%M:%S.%f') for s in (stamps[0], stamps[-1]))
     return (last - first).total_seconds() % (24 * 3600)
+
+
+def read_metrics(path) -> dict:
+    """An evaluation's metrics.json, with s_per_sample (1 / samples_per_s) added."""
+    with open(path) as f:
+        m = json.load(f)
+    m['s_per_sample'] = 1 / m['samples_per_s']
+    return m
+
+
+def over_seeds(name: str, runs: list, keys) -> dict:
+    """{'mean', 'std'} of `keys` over per-seed `runs` (sample standard deviation, ddof=1); prints them for `name`."""
+    summary = {'mean': {k: float(np.mean([r[k] for r in runs])) for k in keys},
+               'std': {k: float(np.std([r[k] for r in runs], ddof=1)) for k in keys}}
+    print(f'{name}: ' + ', '.join(f'{k} {summary["mean"][k]:.4g} +- {summary["std"][k]:.2g}' for k in keys),
+          flush=True)
+    return summary
+
+
+def sample_panels(folders, count: int, ncol: int, gap: int, scale: int, path):
+    """The first `count` samples of each eval folder (samples_0.npz) as grids side by side, enlarged, to `path`."""
+    panels = []
+    for folder in folders:
+        with np.load(os.path.join(folder, 'samples_0.npz')) as f:
+            panels.append(image_grid(f['samples'][:count] / 255., ncol=ncol))
+    space = np.full((panels[0].shape[0], gap, panels[0].shape[2]), 255, np.uint8)
+    row = np.concatenate([part for panel in panels for part in (space, panel)][1:], axis=1)
+    img = Image.fromarray(row[..., 0] if row.shape[-1] == 1 else row)
+    img.resize((img.size[0] * scale, img.size[1] * scale), Image.NEAREST).save(path)

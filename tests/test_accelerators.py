@@ -8,7 +8,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 
 import jax
@@ -19,32 +18,21 @@ import pytest
 from subspace_diffusion.jobs import train
 from subspace_diffusion.run.experiment import Experiment
 from subspace_diffusion.run.settings import Settings
-from tiny import tiny_flags, tiny_settings, train_tiny_chain
-
-TESTS = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(TESTS)
-
-
-def _env():
-    return dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=os.pathsep.join([ROOT, TESTS]))
-
-
-def _cmd(*args, **overrides):
-    return [sys.executable, os.path.join(ROOT, 'main.py'), *tiny_flags(**overrides), *args]
+from tiny import main_cmd, main_env, tiny_settings, train_tiny_chain
 
 
 def test_compilation_cache_is_written_and_hit_by_a_second_process(tmp_path):
     cache = tmp_path / 'cache'
     runs = []
     for name in ('first', 'second'):
-        out = subprocess.run(_cmd('--mode=train', f'--workdir={tmp_path / name}', f'--compile_cache={cache}',
-                                  training__n_iters=2), env=_env(), capture_output=True, text=True, timeout=300)
+        out = subprocess.run(main_cmd('--mode=train', f'--workdir={tmp_path / name}', f'--compile_cache={cache}',
+                                      training__n_iters=2), env=main_env(), capture_output=True, text=True, timeout=300)
         assert out.returncode == 0, out.stderr[-2000:]
         runs.append(out.stderr)
     assert os.listdir(cache) and 'compilation cache hit' not in runs[0]
     assert 'compilation cache hit' in runs[1] and 's of compilation saved' in runs[1]
-    off = subprocess.run(_cmd('--mode=train', f'--workdir={tmp_path / "off"}', '--compile_cache=',
-                              training__n_iters=2), env=_env(), capture_output=True, text=True, timeout=300)
+    off = subprocess.run(main_cmd('--mode=train', f'--workdir={tmp_path / "off"}', '--compile_cache=',
+                                  training__n_iters=2), env=main_env(), capture_output=True, text=True, timeout=300)
     assert off.returncode == 0 and 'compilation cache hit' not in off.stderr
 
 
@@ -136,8 +124,8 @@ def trained(tmp_path_factory):
 
 def _two_processes(workdir):
     port = _free_port()
-    return [subprocess.Popen(_cmd('--mode=eval', f'--workdir={workdir}', f'--coordinator_address=localhost:{port}',
-                                  '--num_processes=2', f'--process_id={i}', **EVAL), env=_env(),
+    return [subprocess.Popen(main_cmd('--mode=eval', f'--workdir={workdir}', f'--coordinator_address=localhost:{port}',
+                                      '--num_processes=2', f'--process_id={i}', **EVAL), env=main_env(),
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for i in range(2)]
 
 
@@ -148,8 +136,8 @@ def _shards(workdir):
 
 def test_two_process_evaluation_equals_one_process_and_resumes_after_a_kill(trained, tmp_path):
     one, two = (shutil.copytree(trained, tmp_path / name) for name in ('one', 'two'))
-    out = subprocess.run(_cmd('--mode=eval', f'--workdir={one}', **EVAL), env=_env(), capture_output=True, text=True,
-                         timeout=600)
+    out = subprocess.run(main_cmd('--mode=eval', f'--workdir={one}', **EVAL), env=main_env(), capture_output=True,
+                         text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     samples1, metrics1 = _shards(one)
 

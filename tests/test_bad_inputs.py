@@ -6,7 +6,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
@@ -16,25 +15,7 @@ from PIL import Image
 from subspace_diffusion.jobs import conditional, train
 from subspace_diffusion.run import loading, quality, statistics
 from subspace_diffusion.run.experiment import build_chain
-from tiny import tiny_flags, tiny_settings
-
-TESTS = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(TESTS)
-
-
-def _main(*args, **overrides):
-    """main.py with the tiny settings -> (return code, stderr)."""
-    env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=os.pathsep.join([ROOT, TESTS]))
-    out = subprocess.run([sys.executable, os.path.join(ROOT, 'main.py'), *tiny_flags(**overrides), *args], env=env,
-                         capture_output=True, text=True, timeout=300, cwd=ROOT)
-    return out.returncode, out.stderr
-
-
-def _one_error_line(rc, stderr, expected):
-    """Non-zero exit, no traceback, and the last line is 'error: ...' containing `expected`."""
-    last = stderr.strip().splitlines()[-1]
-    assert rc != 0 and 'Traceback' not in stderr and last.startswith('error: ') and expected in last, stderr[-2000:]
-    return last
+from tiny import ROOT, main_cmd, main_env, one_error_line, run_main, tiny_settings
 
 
 @pytest.fixture(scope='module')
@@ -51,11 +32,11 @@ def _copy(trained, tmp_path):
 
 
 def test_unknown_field_lists_close_names_and_a_missing_config_file(tmp_path):
-    rc, err = _main(f'--workdir={tmp_path}', '--mode=train', '--config.training.batchsize=4')
-    last = _one_error_line(rc, err, '--config.training.batchsize is not a field of configs/quick_digits.py')
+    rc, err = run_main(f'--workdir={tmp_path}', '--mode=train', '--config.training.batchsize=4')
+    last = one_error_line(rc, err, '--config.training.batchsize is not a field of configs/quick_digits.py')
     assert 'did you mean --config.training.batch_size' in last
-    rc, err = _main(f'--workdir={tmp_path}', '--mode=train', '--config=configs/nothere.py')
-    _one_error_line(rc, err, 'config file not found: --config=configs/nothere.py')
+    rc, err = run_main(f'--workdir={tmp_path}', '--mode=train', '--config=configs/nothere.py')
+    one_error_line(rc, err, 'config file not found: --config=configs/nothere.py')
     assert not os.listdir(tmp_path)  # nothing was written
 
 
@@ -68,19 +49,19 @@ def test_unknown_field_lists_close_names_and_a_missing_config_file(tmp_path):
     ({'data__dataset': 'folder'}, "config.data.data_dir: dataset 'folder' needs the folder of images"),
 ])
 def test_bad_settings_are_one_line_before_anything_is_written(tmp_path, overrides, expected):
-    rc, err = _main(f'--workdir={tmp_path / "w"}', '--mode=train', **overrides)
-    _one_error_line(rc, err, expected)
+    rc, err = run_main(f'--workdir={tmp_path / "w"}', '--mode=train', **overrides)
+    one_error_line(rc, err, expected)
     assert not (tmp_path / 'w').exists()  # validated before the workdir or its config record is written
 
 
 def test_workdir_that_is_a_file_or_under_a_file(tmp_path):
     (tmp_path / 'file').write_text('x')
-    rc, err = _main(f'--workdir={tmp_path / "file"}', '--mode=train')
-    _one_error_line(rc, err, 'is a file, not a directory: choose another --workdir')
-    rc, err = _main(f'--workdir={tmp_path / "file" / "run"}', '--mode=train')
-    _one_error_line(rc, err, 'cannot be written (a part of the path is a file): choose another --workdir')
-    rc, err = _main('--workdir=gs://bucket/run', '--mode=train')
-    _one_error_line(rc, err, 'is a URL: the workdir must be a file system path every process sees')
+    rc, err = run_main(f'--workdir={tmp_path / "file"}', '--mode=train')
+    one_error_line(rc, err, 'is a file, not a directory: choose another --workdir')
+    rc, err = run_main(f'--workdir={tmp_path / "file" / "run"}', '--mode=train')
+    one_error_line(rc, err, 'cannot be written (a part of the path is a file): choose another --workdir')
+    rc, err = run_main('--workdir=gs://bucket/run', '--mode=train')
+    one_error_line(rc, err, 'is a URL: the workdir must be a file system path every process sees')
     assert not os.path.exists(os.path.join(ROOT, 'gs:'))  # main.py runs in ROOT
 
 
@@ -104,8 +85,8 @@ def test_read_only_workdir(tmp_path):
     else:  # root ignores permissions: a read-only file system
         context = _tmpfs(tmp_path / 'ro', 'ro,size=1m')
     with context as workdir:
-        rc, err = _main(f'--workdir={workdir / "run"}', '--mode=train')
-        _one_error_line(rc, err, 'cannot be written (')
+        rc, err = run_main(f'--workdir={workdir / "run"}', '--mode=train')
+        one_error_line(rc, err, 'cannot be written (')
 
 
 def test_disk_full_during_a_save_keeps_the_previous_checkpoint(trained, tmp_path):
@@ -113,8 +94,8 @@ def test_disk_full_during_a_save_keeps_the_previous_checkpoint(trained, tmp_path
         run = shutil.copytree(trained, disk / 'run')
         free = shutil.disk_usage(disk).free
         (disk / 'filler').write_bytes(b'\0' * (free - 48_000))  # room for logs, not for another checkpoint
-        rc, err = _main(f'--workdir={run}', '--mode=train', training__n_iters=4)
-        _one_error_line(rc, err, 'the last good checkpoint (step 2) is intact')
+        rc, err = run_main(f'--workdir={run}', '--mode=train', training__n_iters=4)
+        one_error_line(rc, err, 'the last good checkpoint (step 2) is intact')
         (disk / 'filler').unlink()
         _, _, step = loading.load_parts(tiny_settings(), run)
         assert step == 2
@@ -126,14 +107,15 @@ def test_unreadable_image_in_the_folder_is_named(tmp_path):
     for i in range(4):
         Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(folder / f'{i}.png')
     (folder / 'broken.png').write_bytes(b'not a png')
-    rc, err = _main(f'--workdir={tmp_path / "w"}', '--mode=train', data__dataset='folder', data__data_dir=str(folder))
-    _one_error_line(rc, err, f'cannot read image {folder / "broken.png"}')
+    rc, err = run_main(f'--workdir={tmp_path / "w"}', '--mode=train', data__dataset='folder',
+                       data__data_dir=str(folder))
+    one_error_line(rc, err, f'cannot read image {folder / "broken.png"}')
 
 
 def test_checkpoint_of_another_model_setting_names_the_fields(trained, tmp_path):
     run = _copy(trained, tmp_path)
-    rc, err = _main(f'--workdir={run}', '--mode=train', model__nf=16, model__dropout=0.1, training__n_iters=4)
-    last = _one_error_line(rc, err, 'was trained with other settings')
+    rc, err = run_main(f'--workdir={run}', '--mode=train', model__nf=16, model__dropout=0.1, training__n_iters=4)
+    last = one_error_line(rc, err, 'was trained with other settings')
     assert 'model.nf: checkpoint 8, config 16' in last and 'model.dropout: checkpoint 0.0, config 0.1' in last
 
 
@@ -185,13 +167,12 @@ def test_non_finite_before_any_checkpoint_says_so(tmp_path):
 
 
 def test_ctrl_c_saves_like_sigterm(tmp_path):
-    env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=os.pathsep.join([ROOT, TESTS]))
     log = tmp_path / 'log'
     with open(log, 'w') as f:
-        run = subprocess.Popen([sys.executable, os.path.join(ROOT, 'main.py'), '--mode=train', f'--workdir={tmp_path}',
-                                *tiny_flags(training__n_iters=100_000, training__snapshot_freq=100_000,
-                                            training__snapshot_freq_for_preemption=100_000)],
-                               env=env, stderr=f, cwd=ROOT)
+        run = subprocess.Popen(main_cmd('--mode=train', f'--workdir={tmp_path}', training__n_iters=100_000,
+                                        training__snapshot_freq=100_000,
+                                        training__snapshot_freq_for_preemption=100_000),
+                               env=main_env(), stderr=f, cwd=ROOT)
         deadline = time.time() + 240
         while 'it/s' not in open(log).read() and run.poll() is None and time.time() < deadline:
             time.sleep(0.2)
@@ -205,10 +186,10 @@ def test_ctrl_c_saves_like_sigterm(tmp_path):
 
 def test_the_training_record_is_written_after_validation_and_never_overwritten(trained, tmp_path):
     run = _copy(trained, tmp_path)  # trained in-process: no record yet
-    rc, _ = _main(f'--workdir={run}', '--mode=train', training__n_iters=2)  # already done: nothing to train
+    rc, _ = run_main(f'--workdir={run}', '--mode=train', training__n_iters=2)  # already done: nothing to train
     assert rc == 0
     first = json.load(open(run / 'config_train.json'))
-    rc, err = _main(f'--workdir={run}', '--mode=train', training__n_iters=4)
+    rc, err = run_main(f'--workdir={run}', '--mode=train', training__n_iters=4)
     assert rc == 0, err[-2000:]
     assert json.load(open(run / 'config_train.json')) == first  # the first run's record stays
     resumed = json.load(open(run / 'config_train_resumed_1.json'))

@@ -30,10 +30,7 @@ from subspace_diffusion.run.files import FileProblem, read_npz
 from subspace_diffusion.run.images import MAX_PIXELS, read_image
 from subspace_diffusion.run.lock import WorkdirLock, WorkdirLocked
 from subspace_diffusion.run.settings import RULES, Settings, field_paths
-from tiny import tiny_config, tiny_flags, tiny_settings, train_tiny_chain
-
-TESTS = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(TESTS)
+from tiny import ROOT, main_env, one_error_line, run_main, tiny_config, tiny_settings, train_tiny_chain
 CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, 'configs', '*.py'))
                  if not p.endswith('__init__.py'))
 # Values a field's rule accepts among the probes (NaN, inf, -1, just outside the range), each with its meaning.
@@ -43,23 +40,6 @@ ACCEPTED = {
 }
 
 
-def _env():
-    return dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=os.pathsep.join([ROOT, TESTS]))
-
-
-def _main(*args, **overrides):
-    """main.py with the tiny settings -> (return code, stderr)."""
-    out = subprocess.run([sys.executable, os.path.join(ROOT, 'main.py'), *tiny_flags(**overrides), *args],
-                         env=_env(), capture_output=True, text=True, timeout=300, cwd=ROOT)
-    return out.returncode, out.stderr
-
-
-def _one_line(rc, stderr, expected):
-    last = stderr.strip().splitlines()[-1]
-    assert rc != 0 and 'Traceback' not in stderr and last.startswith('error: ') and expected in last, stderr[-2000:]
-    return last
-
-
 def _unchanged(before: dict, workdir) -> bool:
     """Every file the run kept before is still there, byte for byte (caches written since may be new)."""
     after = _contents(workdir)
@@ -67,7 +47,7 @@ def _unchanged(before: dict, workdir) -> bool:
 
 
 def _contents(workdir) -> dict:
-    """{relative path: sha1} of what a run keeps (checkpoints, statistics, metrics, samples), records and locks aside."""
+    """{relative path: sha1} of what a run keeps (checkpoints, statistics, metrics, samples), not records or locks."""
     out = {}
     for path in glob.glob(os.path.join(workdir, '**', '*'), recursive=True):
         rel = os.path.relpath(path, workdir)
@@ -126,12 +106,12 @@ def test_every_numeric_field_of_every_config_is_range_checked(name):
 
 
 def test_nan_in_an_int_field_and_a_seed_are_one_line(tmp_path):
-    rc, err = _main(f'--workdir={tmp_path / "w"}', '--mode=train', '--config.training.batch_size=nan')
-    _one_line(rc, err, 'batch_size')
-    rc, err = _main(f'--workdir={tmp_path / "w"}', '--mode=train', seed=-1)
-    _one_line(rc, err, 'config.seed: must lie in [0, 2147483647], got -1')
-    rc, err = _main(f'--workdir={tmp_path / "w"}', '--mode=eval', sampling__nfe_budget=math.nan)
-    _one_line(rc, err, 'config.sampling.nfe_budget: must be a finite number, got nan')
+    rc, err = run_main(f'--workdir={tmp_path / "w"}', '--mode=train', '--config.training.batch_size=nan')
+    one_error_line(rc, err, 'batch_size')
+    rc, err = run_main(f'--workdir={tmp_path / "w"}', '--mode=train', seed=-1)
+    one_error_line(rc, err, 'config.seed: must lie in [0, 2147483647], got -1')
+    rc, err = run_main(f'--workdir={tmp_path / "w"}', '--mode=eval', sampling__nfe_budget=math.nan)
+    one_error_line(rc, err, 'config.sampling.nfe_budget: must be a finite number, got nan')
     assert not (tmp_path / 'w').exists()  # nothing written before the settings pass
 
 
@@ -150,8 +130,8 @@ def test_a_config_whose_get_config_raises_is_one_line(tmp_path):
     bad = tmp_path / 'broken.py'
     bad.write_text('from configs import quick_digits\n\n\ndef get_config():\n    return quick_digits.get_config()["nope"]\n')
     out = subprocess.run([sys.executable, os.path.join(ROOT, 'main.py'), f'--config={bad}', '--mode=train',
-                          f'--workdir={tmp_path / "w"}'], env=_env(), capture_output=True, text=True, cwd=ROOT)
-    last = _one_line(out.returncode, out.stderr, 'get_config() failed with KeyError')
+                          f'--workdir={tmp_path / "w"}'], env=main_env(), capture_output=True, text=True, cwd=ROOT)
+    last = one_error_line(out.returncode, out.stderr, 'get_config() failed with KeyError')
     assert str(bad) in last and 'nope' in last
 
 
@@ -239,12 +219,12 @@ def test_a_damaged_checkpoint_is_one_line_and_kept(trained, tmp_path):
         for f in files:
             open(os.path.join(root, f), 'r+b').truncate(3)
     before = _contents(run)
-    rc, err = _main(f'--workdir={run}', '--mode=eval', subspace__train_level=-1, eval__num_samples=4)
-    last = _one_line(rc, err, 'cannot be read')
+    rc, err = run_main(f'--workdir={run}', '--mode=eval', subspace__train_level=-1, eval__num_samples=4)
+    last = one_error_line(rc, err, 'cannot be read')
     assert 'move it out of the way' in last and len(err.strip().splitlines()) < 15  # the log, then one line
     assert _unchanged(before, run)
-    rc, err = _main('--mode=import', f'--workdir={tmp_path / "w"}', f'--import_from={tmp_path}', '--import_level=0')
-    _one_line(rc, err, 'is a directory, not a file')
+    rc, err = run_main('--mode=import', f'--workdir={tmp_path / "w"}', f'--import_from={tmp_path}', '--import_level=0')
+    one_error_line(rc, err, 'is a directory, not a file')
 
 
 # ----------------------------------------------------------------------------- 3.-4. paths, limits before allocation
@@ -293,12 +273,12 @@ with WorkdirLock(sys.argv[1], 'train'):
 
 def test_a_second_writer_is_refused_and_a_killed_holders_lock_taken_over(trained, tmp_path):
     run = shutil.copytree(trained, tmp_path / 'run')
-    holder = subprocess.Popen([sys.executable, '-c', HOLD, str(run)], env=_env(), stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen([sys.executable, '-c', HOLD, str(run)], env=main_env(), stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == 'held'
         before = _contents(run)
-        rc, err = _main(f'--workdir={run}', '--mode=train', training__n_iters=4, subspace__train_level=-1)
-        last = _one_line(rc, err, 'is in use by another run (--mode=train on host')
+        rc, err = run_main(f'--workdir={run}', '--mode=train', training__n_iters=4, subspace__train_level=-1)
+        last = one_error_line(rc, err, 'is in use by another run (--mode=train on host')
         assert f'process {holder.pid}, since ' in last and 'wait for it to finish or stop it' in last
         assert _unchanged(before, run)
         with WorkdirLock(str(run), 'eval'):  # an evaluation beside a training: another kind of writer
@@ -307,7 +287,7 @@ def test_a_second_writer_is_refused_and_a_killed_holders_lock_taken_over(trained
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
-    rc, err = _main(f'--workdir={run}', '--mode=train', training__n_iters=4, subspace__train_level=-1)
+    rc, err = run_main(f'--workdir={run}', '--mode=train', training__n_iters=4, subspace__train_level=-1)
     assert rc == 0, err[-2000:]
     assert 'taking over the workdir lock left by --mode=train on host' in err and f'process {holder.pid}' in err
 
@@ -336,9 +316,9 @@ def test_inception_weights_read_as_pth_without_torch_and_as_npz(tmp_path):
 
 def test_missing_inception_weights_stop_eval_before_sampling(trained, tmp_path):
     run = shutil.copytree(trained, tmp_path / 'run')
-    rc, err = _main(f'--workdir={run}', '--mode=eval', subspace__train_level=-1, eval__num_samples=4,
+    rc, err = run_main(f'--workdir={run}', '--mode=eval', subspace__train_level=-1, eval__num_samples=4,
                     eval__inception_weights=str(tmp_path / 'missing.pth'))
-    _one_line(rc, err, 'FID Inception weights')
+    one_error_line(rc, err, 'FID Inception weights')
     assert not list(run.glob('eval/**/samples_*.npz'))  # checked before anything was sampled
 
 
@@ -387,6 +367,6 @@ def test_nothing_is_lost_after_any_bad_input(trained, tmp_path):
         ({'subspace__stats_path': str(tmp_path)}, ['--mode=eval'], 'is a directory, not a file'),
     ]
     for overrides, args, expected in cases:
-        rc, err = _main(f'--workdir={run}', *args, subspace__train_level=-1, eval__num_samples=4, **overrides)
-        _one_line(rc, err, expected)
+        rc, err = run_main(f'--workdir={run}', *args, subspace__train_level=-1, eval__num_samples=4, **overrides)
+        one_error_line(rc, err, expected)
         assert _unchanged(before, run), (args, overrides)

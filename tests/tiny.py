@@ -1,6 +1,14 @@
-"""The quick digits config shrunk for tests: 8 px, one U-Net resolution (compiles fast), batch 16, frequent checkpoints."""
+"""The quick digits config shrunk for tests: 8 px, one U-Net resolution (compiles fast), batch 16, frequent checkpoints;
+and main.py run on it as a user runs it (a subprocess)."""
+import os
+import subprocess
+import sys
+
 from configs import quick_digits
 from subspace_diffusion.run.settings import Settings
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(TESTS)
 
 TINY = {
     'data.image_size': 8, 'model.nf': 8, 'model.ch_mult': (1,), 'model.num_res_blocks': 1, 'model.attn_resolutions': (),
@@ -45,3 +53,27 @@ def train_tiny_chain(path):
     train.train(settings, path)
     statistics.load(settings, build_chain(settings), str(path))
     return path
+
+
+def main_env() -> dict:
+    """The environment of a main.py subprocess: CPU only, the repository and tests/ importable."""
+    return dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=os.pathsep.join([ROOT, TESTS]))
+
+
+def main_cmd(*args, **overrides) -> list:
+    """The command line of main.py with the tiny settings (`overrides` as for tiny_flags), then `args`."""
+    return [sys.executable, os.path.join(ROOT, 'main.py'), *tiny_flags(**overrides), *args]
+
+
+def run_main(*args, **overrides):
+    """main.py with the tiny settings, run in the repository -> (return code, stderr)."""
+    out = subprocess.run(main_cmd(*args, **overrides), env=main_env(), capture_output=True, text=True, timeout=300,
+                         cwd=ROOT)
+    return out.returncode, out.stderr
+
+
+def one_error_line(rc, stderr, expected):
+    """Non-zero exit, no traceback, and the last line is 'error: ...' containing `expected`; returns that line."""
+    last = stderr.strip().splitlines()[-1]
+    assert rc != 0 and 'Traceback' not in stderr and last.startswith('error: ') and expected in last, stderr[-2000:]
+    return last

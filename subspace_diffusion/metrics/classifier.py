@@ -120,7 +120,6 @@ def train(spec: ClassifierSpec, images, labels, seed: int = 0, on_step=None) -> 
     tx = optax.adam(spec.learning_rate)
     n = len(images)
     full = not spec.batch_size or spec.batch_size >= n
-    per_epoch = 1 if full else n // spec.batch_size
 
     def loss(p, xb, yb):
         return optax.softmax_cross_entropy_with_integer_labels(logits(spec, p, xb), yb).mean()
@@ -132,15 +131,16 @@ def train(spec: ClassifierSpec, images, labels, seed: int = 0, on_step=None) -> 
 
     params = init(spec, jax.random.PRNGKey(seed), images.shape[1:])
     opt = tx.init(params)
-    order = np.arange(n)
     for i in range(spec.steps):
         if full:
-            rows = order
+            xb, yb = images, labels
         else:
-            if i % per_epoch == 0:
-                order = np.random.default_rng([seed, i // per_epoch]).permutation(n)
-            rows = order[(i % per_epoch) * spec.batch_size:(i % per_epoch + 1) * spec.batch_size]
-        params, opt = step(params, opt, images[rows], labels[rows])
+            epoch, j = divmod(i, n // spec.batch_size)  # whole minibatches per epoch
+            if j == 0:
+                order = np.random.default_rng([seed, epoch]).permutation(n)
+            rows = order[j * spec.batch_size:(j + 1) * spec.batch_size]
+            xb, yb = images[rows], labels[rows]
+        params, opt = step(params, opt, xb, yb)
         if on_step is not None and ((i + 1) % PROGRESS_EVERY == 0 or i + 1 == spec.steps):
             jax.block_until_ready(params)
             on_step(i + 1)
