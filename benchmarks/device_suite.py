@@ -59,8 +59,8 @@ def _memory(compiled) -> dict:
     return {k: int(getattr(m, f'{k}_size_in_bytes')) for k in ('argument', 'output', 'temp', 'generated_code')}
 
 
-def training(level: int, dtype: str, batch: int, calls: int) -> dict:
-    """Examples/s, compile seconds (cold, cached) and compiled memory of the level-`level` network's training step."""
+def training_step(level: int, dtype: str, batch: int):
+    """(jitted training step, its state, a batch of random data, settings) of the level-`level` network."""
     settings = _settings(level, batch, dtype=dtype)
     exp = Experiment.build(settings, (level,))
     tx = train_state.make_optimizer(settings.optim, exp.networks.param_keys)
@@ -70,7 +70,12 @@ def training(level: int, dtype: str, batch: int, calls: int) -> dict:
     step = train.make_train_step(exp.loss, tx, mesh, train_state.learning_rate(settings.optim),
                                  settings.training.ema_rate, settings.seed)
     local = np.random.default_rng(0).random((1, batch) + settings.data.shape, np.float32)
-    data = parallel.global_batch(local, mesh, leading_axes=1)
+    return step, state, parallel.global_batch(local, mesh, leading_axes=1), settings
+
+
+def training(level: int, dtype: str, batch: int, calls: int) -> dict:
+    """Examples/s, compile seconds (cold, cached) and compiled memory of the level-`level` network's training step."""
+    step, state, data, settings = training_step(level, dtype, batch)
     times = {}
     for kind in ('cold', 'cached'):
         jax.clear_caches()  # the second compile can only come from the persistent cache
