@@ -2,7 +2,7 @@
 
     python benchmarks/classifier_accuracy.py --fashion_mnist <IDX folder> --mnist <IDX folder>   # ~5 min, 2 cores
 
-The classifier is trained exactly as evaluation trains it (run/quality.py, on the training split as the data
+The classifier is trained exactly as evaluation trains it (evaluation/quality.py, on the training split as the data
 pipeline delivers it, 32 px after padding), then scored on the 10,000 test images.
 Results: benchmarks/results/classifier_accuracy.json.
 """
@@ -14,9 +14,10 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from configs import fashion_mnist  # noqa: E402
 from results import save_result  # noqa: E402
-from subspace_diffusion.run.quality import CLASSIFIERS, ClassifierFeatures  # noqa: E402
+
+from configs import fashion_mnist  # noqa: E402
+from subspace_diffusion.evaluation.quality import CLASSIFIERS, ClassifierFeatures  # noqa: E402
 from subspace_diffusion.run.settings import Settings  # noqa: E402
 
 

@@ -22,14 +22,15 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from configs import quality_digits  # noqa: E402
 from results import save_result  # noqa: E402
+
+from configs import quality_digits  # noqa: E402
 from subspace_diffusion.core.sampling import cost, make_sampler  # noqa: E402
+from subspace_diffusion.evaluation.quality import Scorer  # noqa: E402
+from subspace_diffusion.formats.images import to_uint8  # noqa: E402
 from subspace_diffusion.run import data, loading, statistics  # noqa: E402
 from subspace_diffusion.run.experiment import Experiment  # noqa: E402
-from subspace_diffusion.run.images import to_uint8  # noqa: E402
 from subspace_diffusion.run.progress import fmt_duration  # noqa: E402
-from subspace_diffusion.run.quality import Scorer  # noqa: E402
 from subspace_diffusion.run.settings import Settings  # noqa: E402
 
 METHODS = ('pc', 'ode_heun', 'dpm_solver++')

@@ -14,7 +14,7 @@ from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from subspace_diffusion.run.images import image_grid  # noqa: E402
+from subspace_diffusion.formats.images import image_grid  # noqa: E402
 from subspace_diffusion.run.progress import fmt_duration  # noqa: E402
 
 

@@ -34,9 +34,9 @@ def get_config():
     config.model.ema_rate = 0.999
 
     config.training.batch_size = 64
-    config.training.n_iters = 5000
+    config.training.n_iters = 20000  # the training-length study (benchmarks/training_length.py)
     config.training.n_jitted_steps = 2
-    config.training.snapshot_freq = 1000
+    config.training.snapshot_freq = 2500
     config.training.snapshot_freq_for_preemption = 500
     config.training.log_freq = 100
     config.optim.lr = 1e-3

@@ -19,10 +19,10 @@ import ml_collections
 import numpy as np
 
 from subspace_diffusion.core.sampling import Sampler, make_sampler
+from subspace_diffusion.evaluation.bpd import BPD_STREAM, bpd_function
+from subspace_diffusion.formats.files import FileProblem, read_json
 from subspace_diffusion.run import data, loading, parallel, statistics
-from subspace_diffusion.run.bpd import BPD_STREAM, bpd_function
 from subspace_diffusion.run.experiment import Experiment
-from subspace_diffusion.run.files import FileProblem, read_json
 from subspace_diffusion.run.settings import Settings
 
 RECORDS = ('config_train.json', 'config_import.json', 'config_eval.json')  # where a workdir keeps its settings

@@ -18,14 +18,27 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from subspace_diffusion.jobs import conditional, cutoffs, evaluate, fid_stats, import_checkpoint, subspace_stats, train
+from subspace_diffusion.formats.files import atomic_json
+from subspace_diffusion.formats.pth import PthError
+from subspace_diffusion.jobs import (
+    conditional,
+    cutoffs,
+    evaluate,
+    fid_stats,
+    import_checkpoint,
+    subspace_stats,
+    train,
+)
 from subspace_diffusion.run import compilation, parallel
 from subspace_diffusion.run.checkpoints import CheckpointError, SaveFailed
-from subspace_diffusion.run.files import atomic_json
 from subspace_diffusion.run.lock import WorkdirLock
-from subspace_diffusion.run.pth import PthError
 from subspace_diffusion.run.published import WEIGHTS
-from subspace_diffusion.run.settings import Settings, close_fields, differences, field_paths
+from subspace_diffusion.run.settings import (
+    Settings,
+    close_fields,
+    differences,
+    field_paths,
+)
 
 FLAGS = flags.FLAGS
 MODES = {

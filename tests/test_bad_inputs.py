@@ -11,11 +11,12 @@ import time
 import numpy as np
 import pytest
 from PIL import Image
-
-from subspace_diffusion.jobs import conditional, train
-from subspace_diffusion.run import loading, quality, statistics
-from subspace_diffusion.run.experiment import build_chain
 from tiny import ROOT, main_cmd, main_env, one_error_line, run_main, tiny_settings
+
+from subspace_diffusion.evaluation import quality
+from subspace_diffusion.jobs import conditional, train
+from subspace_diffusion.run import loading, statistics
+from subspace_diffusion.run.experiment import build_chain
 
 
 @pytest.fixture(scope='module')

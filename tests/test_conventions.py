@@ -6,13 +6,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tiny import tiny_settings
 
 from subspace_diffusion.core import likelihood
 from subspace_diffusion.core.likelihood import Tolerance
-from subspace_diffusion.run import bpd, parallel, published
+from subspace_diffusion.evaluation import bpd
+from subspace_diffusion.run import parallel, published
 from subspace_diffusion.run.experiment import Experiment
 from subspace_diffusion.run.settings import Settings
-from tiny import tiny_settings
 
 REF = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', 'reference')
 

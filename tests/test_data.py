@@ -10,8 +10,8 @@ import pytest
 from idx_files import idx_folder, write_idx
 from PIL import Image
 
+from subspace_diffusion.formats.images import read_image
 from subspace_diffusion.run import data
-from subspace_diffusion.run.images import read_image
 from subspace_diffusion.run.settings import Data
 
 
@@ -265,7 +265,7 @@ def test_idx_datasets_with_labels_and_padding(tmp_path, dataset, gz):
 
 
 def test_damaged_idx_files_are_one_line(tmp_path):
-    from subspace_diffusion.run.files import FileProblem
+    from subspace_diffusion.formats.files import FileProblem
     cfg = _config('mnist', image_size=28, data_dir=str(tmp_path))
     idx_folder(tmp_path, gz=False)
     images = np.zeros((8, 28, 28), np.uint8)

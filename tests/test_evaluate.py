@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from configs import quick_digits
+from subspace_diffusion.evaluation import quality
 from subspace_diffusion.jobs import evaluate
 from subspace_diffusion.metrics import fid
-from subspace_diffusion.run import data, loading, quality
+from subspace_diffusion.run import data, loading
 from subspace_diffusion.run.settings import Settings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

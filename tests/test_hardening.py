@@ -18,19 +18,30 @@ import zlib
 import ml_collections
 import numpy as np
 import pytest
-from PIL import Image
-
 import torch_format
+from PIL import Image
+from tiny import (
+    ROOT,
+    main_env,
+    one_error_line,
+    run_main,
+    tiny_config,
+    tiny_settings,
+    train_tiny_chain,
+)
+
 from subspace_diffusion import api
+from subspace_diffusion.evaluation import quality, shards
+from subspace_diffusion.formats import idx, pth
+from subspace_diffusion.formats.files import FileProblem, read_npz
+from subspace_diffusion.formats.images import MAX_PIXELS, read_image
 from subspace_diffusion.jobs import conditional, train
 from subspace_diffusion.metrics import inception
-from subspace_diffusion.run import idx, pth, quality, shards, statistics
+from subspace_diffusion.run import statistics
 from subspace_diffusion.run.experiment import build_chain
-from subspace_diffusion.run.files import FileProblem, read_npz
-from subspace_diffusion.run.images import MAX_PIXELS, read_image
 from subspace_diffusion.run.lock import WorkdirLock, WorkdirLocked
 from subspace_diffusion.run.settings import RULES, Settings, field_paths
-from tiny import ROOT, main_env, one_error_line, run_main, tiny_config, tiny_settings, train_tiny_chain
+
 CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, 'configs', '*.py'))
                  if not p.endswith('__init__.py'))
 # Values a field's rule accepts among the probes (NaN, inf, -1, just outside the range), each with its meaning.

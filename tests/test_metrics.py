@@ -6,10 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from subspace_diffusion.evaluation import quality
+from subspace_diffusion.formats.files import FileProblem
 from subspace_diffusion.metrics import fid
 from subspace_diffusion.metrics import inception as inc
-from subspace_diffusion.run import quality
-from subspace_diffusion.run.files import FileProblem
 
 
 def _psd_sqrt(a):

@@ -18,9 +18,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from subspace_diffusion.formats import pth
 from subspace_diffusion.models import convert
 from subspace_diffusion.models.score import get_score_fn
-from subspace_diffusion.run import published, pth
+from subspace_diffusion.run import published
 from subspace_diffusion.run.checkpoints import Checkpoints
 from subspace_diffusion.run.experiment import Experiment
 from subspace_diffusion.run.settings import Settings

@@ -13,8 +13,10 @@ ALLOWED = {
     'core': {'core'},
     'models': {'core', 'models'},
     'metrics': {'metrics'},
-    'run': {'core', 'models', 'metrics', 'run'},
-    'jobs': {'core', 'models', 'metrics', 'run', 'jobs'},
+    'formats': {'formats'},
+    'run': {'core', 'models', 'formats', 'run'},
+    'evaluation': {'core', 'models', 'metrics', 'formats', 'run', 'evaluation'},
+    'jobs': {'core', 'models', 'metrics', 'formats', 'run', 'evaluation', 'jobs'},
 }
 MAX_PARAMETERS = 7
 

@@ -1,7 +1,7 @@
 """Write files in torch.save's zip format without torch (test helper): state dicts of numpy arrays, or crafted views.
 
 The pickle names the globals torch writes (`torch._utils._rebuild_tensor_v2`, `torch.FloatStorage`, ...), so
-the files exercise exactly what run/pth.py must read; stand-in modules are registered only while pickling.
+the files exercise exactly what formats/pth.py must read; stand-in modules are registered only while pickling.
 """
 import collections
 import contextlib

@@ -13,10 +13,16 @@ from PIL import Image
 
 from subspace_diffusion.core import conditional
 from subspace_diffusion.core.sampling import make_sampler
+from subspace_diffusion.formats.files import FileProblem
+from subspace_diffusion.formats.images import (
+    IMAGE_EXTENSIONS,
+    image_files,
+    load_images,
+    read_image,
+    save_image_grid,
+    to_channels,
+)
 from subspace_diffusion.run import data, loading, statistics
-from subspace_diffusion.run.files import FileProblem
-from subspace_diffusion.run.images import (IMAGE_EXTENSIONS, image_files, load_images, read_image, save_image_grid,
-                                           to_channels)
 from subspace_diffusion.run.experiment import Experiment
 from subspace_diffusion.run.settings import Settings
 

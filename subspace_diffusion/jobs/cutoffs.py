@@ -7,10 +7,10 @@ import numpy as np
 from absl import logging
 
 from subspace_diffusion.core.cutoffs import choose_cutoff, fisher_divergence_curve
+from subspace_diffusion.formats.files import atomic_json
 from subspace_diffusion.run import loading, statistics
 from subspace_diffusion.run.data import training_images
 from subspace_diffusion.run.experiment import Experiment
-from subspace_diffusion.run.files import atomic_json
 from subspace_diffusion.run.settings import Settings
 
 

@@ -3,10 +3,10 @@
 For each archived step of the level-0 workdir in [eval.begin_ckpt, eval.end_ckpt] (step values,
 inclusive; -1 = latest): the EMA parameters of every level sampled (0..K with eval.use_subspace and a
 chain, else level 0 alone; from --workdir or eval.level_workdirs), then
-- eval.num_samples samples of `sampling.method`, drawn resumably in batches (run/shards.py),
-- their quality against the reference statistics (run/quality.py): FID / IS / KID with local Inception
+- eval.num_samples samples of `sampling.method`, drawn resumably in batches (evaluation/shards.py),
+- their quality against the reference statistics (evaluation/quality.py): FID / IS / KID with local Inception
   weights, the download-free Frechet distances always, plus effective NFE, wall time, samples/s,
-- optionally bits/dim of eval.bpd_dataset (run/bpd.py).
+- optionally bits/dim of eval.bpd_dataset (evaluation/bpd.py).
 Results go to <workdir>/<eval.folder>/step_<step>/metrics.json and the log.
 """
 import os
@@ -16,13 +16,14 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from subspace_diffusion.core.sampling import make_sampler
-from subspace_diffusion.run import data, loading, parallel, shards, statistics
-from subspace_diffusion.run.bpd import split_bpd
+from subspace_diffusion.evaluation import shards
+from subspace_diffusion.evaluation.bpd import split_bpd
+from subspace_diffusion.evaluation.quality import Scorer
+from subspace_diffusion.formats.files import atomic_json
+from subspace_diffusion.formats.images import save_image_grid
+from subspace_diffusion.run import data, loading, parallel, statistics
 from subspace_diffusion.run.checkpoints import Checkpoints
 from subspace_diffusion.run.experiment import Experiment
-from subspace_diffusion.run.files import atomic_json
-from subspace_diffusion.run.images import save_image_grid
-from subspace_diffusion.run.quality import Scorer
 from subspace_diffusion.run.settings import Settings
 
 

@@ -1,5 +1,5 @@
 """main.py --mode=fid_stats: the reference statistics of split eval.ref_split for FID / KID and the other distances."""
-from subspace_diffusion.run.quality import Scorer
+from subspace_diffusion.evaluation.quality import Scorer
 from subspace_diffusion.run.settings import Settings
 
 

@@ -18,14 +18,19 @@ import optax
 from absl import logging
 
 from subspace_diffusion.core.sampling import make_sampler
+from subspace_diffusion.formats.images import save_image_grid
 from subspace_diffusion.run import data, parallel, statistics
 from subspace_diffusion.run.checkpoints import ARCHIVE, PREEMPT, Checkpoints, SaveFailed
 from subspace_diffusion.run.experiment import Experiment
-from subspace_diffusion.run.images import save_image_grid
 from subspace_diffusion.run.progress import fmt_duration
 from subspace_diffusion.run.settings import Settings, Training
-from subspace_diffusion.run.train_state import (abstract_state, checkpoint_meta, init_state, learning_rate,
-                                                make_optimizer)
+from subspace_diffusion.run.train_state import (
+    abstract_state,
+    checkpoint_meta,
+    init_state,
+    learning_rate,
+    make_optimizer,
+)
 
 
 def make_train_step(loss_fn, tx, mesh, schedule, ema_rate: float, seed: int):

@@ -21,8 +21,13 @@ import numpy as np
 from PIL import Image
 
 from subspace_diffusion.core.likelihood import dequantize
-from subspace_diffusion.run import idx
-from subspace_diffusion.run.images import IMAGE_EXTENSIONS, image_files, load_images, to_channels
+from subspace_diffusion.formats import idx
+from subspace_diffusion.formats.images import (
+    IMAGE_EXTENSIONS,
+    image_files,
+    load_images,
+    to_channels,
+)
 
 SHUFFLE_BUFFER = 10_000  # examples in the tf.data shuffle buffer (undecoded, so a few hundred MB at most)
 

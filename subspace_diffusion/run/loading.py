@@ -63,6 +63,17 @@ def held_levels(workdir, step: Optional[int] = None) -> tuple:
         ckpts.close()
 
 
+def _holds(workdir, step: Optional[int]) -> bool:
+    """Whether `workdir` holds a checkpoint of `step` (False for step None)."""
+    if step is None:
+        return False
+    ckpts = Checkpoints(workdir, read_only=True)
+    try:
+        return step in ckpts.archived_steps() or ckpts.latest_step() == step
+    finally:
+        ckpts.close()
+
+
 def level_workdirs(settings: Settings, workdir, levels: Sequence[int]) -> list:
     """Workdir of each level 0..max(levels): eval.level_workdirs (index = level, '' = workdir), or `workdir` for all."""
     dirs = settings.eval.level_workdirs
@@ -84,14 +95,15 @@ def load_levels(settings: Settings, levels: Sequence[int], workdir, step: Option
     """EMA parameters of `levels` for sampling, each from its workdir (`level_workdirs`), the optimiser left on disk.
 
     Level 0's workdir is read at `step` (default latest); levels from other workdirs (trained separately)
-    at their latest checkpoint. A level no checkpoint holds is one error naming how to get it.
+    at the same step where they archived it (a chain evaluated along its training), else at their latest
+    checkpoint; `sources` says which. A level no checkpoint holds is one error naming how to get it.
     """
     levels = tuple(levels)
     dirs = level_workdirs(settings, workdir, levels)
     loaded, params, sources = {}, {}, {}
     for k in levels:
         d = dirs[k]
-        want = step if d == dirs[levels[0]] else None
+        want = step if d == dirs[levels[0]] or _holds(d, step) else None
         if (d, want) not in loaded:
             _, parts, got = load_parts(settings, d, want, mesh=mesh)
             loaded[(d, want)] = (parts['ema_params'], got)

@@ -14,9 +14,9 @@ import jax
 import numpy as np
 from flax import traverse_util
 
+from subspace_diffusion.formats import pth
+from subspace_diffusion.formats.files import check_file
 from subspace_diffusion.models import convert
-from subspace_diffusion.run import pth
-from subspace_diffusion.run.files import check_file
 from subspace_diffusion.run.networks import Networks
 
 WEIGHTS = ('ema', 'model')

@@ -11,9 +11,20 @@ import os
 import numpy as np
 from absl import logging
 
-from subspace_diffusion.core.subspaces import Chain, PieceStats, compute_stats, describe_chain, signature_id
+from subspace_diffusion.core.subspaces import (
+    Chain,
+    PieceStats,
+    compute_stats,
+    describe_chain,
+    signature_id,
+)
+from subspace_diffusion.formats.files import (
+    FileProblem,
+    atomic_json,
+    atomic_npz,
+    read_npz,
+)
 from subspace_diffusion.run.data import training_images
-from subspace_diffusion.run.files import FileProblem, atomic_json, atomic_npz, read_npz
 
 
 def stats_path(settings, chain: Chain, workdir) -> str:

@@ -15,9 +15,15 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
+from subspace_diffusion.formats.files import (
+    FileProblem,
+    atomic_json,
+    atomic_npz,
+    read_json,
+    read_npz,
+)
+from subspace_diffusion.formats.images import to_uint8
 from subspace_diffusion.run import parallel
-from subspace_diffusion.run.files import FileProblem, atomic_json, atomic_npz, read_json, read_npz
-from subspace_diffusion.run.images import to_uint8
 from subspace_diffusion.run.progress import fmt_duration
 from subspace_diffusion.run.settings import differences
 

@@ -14,10 +14,16 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from subspace_diffusion.formats import pth
+from subspace_diffusion.formats.files import (
+    FileProblem,
+    atomic_npz,
+    check_file,
+    read_npz,
+)
+from subspace_diffusion.formats.images import to_uint8
 from subspace_diffusion.metrics import classifier, fid, inception
-from subspace_diffusion.run import data, parallel, pth
-from subspace_diffusion.run.files import FileProblem, atomic_npz, check_file, read_npz
-from subspace_diffusion.run.images import to_uint8
+from subspace_diffusion.run import data, parallel
 from subspace_diffusion.run.progress import fmt_duration
 from subspace_diffusion.run.settings import Settings
 

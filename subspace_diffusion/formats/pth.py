@@ -15,7 +15,7 @@ import zlib
 
 import numpy as np
 
-from subspace_diffusion.run.files import check_file
+from subspace_diffusion.formats.files import check_file
 
 # Storage class name -> numpy dtype (the pickled persistent id names the class, not the dtype).
 _STORAGE_DTYPES = {

@@ -6,7 +6,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from subspace_diffusion.run.files import FileProblem, guarded
+from subspace_diffusion.formats.files import FileProblem, guarded
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg')
 MAX_PIXELS = 1 << 26  # 8192 x 8192: larger images are refused from their header, before any decoding

@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from subspace_diffusion.run.files import FileProblem, guarded
+from subspace_diffusion.formats.files import FileProblem, guarded
 
 UBYTE = 0x08
 SPLITS = {'train': 'train', 'test': 't10k'}  # our split -> the IDX file prefix
