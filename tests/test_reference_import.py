@@ -68,7 +68,27 @@ def _manifest():
         return json.load(f)['entries']
 
 
-@pytest.mark.parametrize('entry', _manifest(), ids=lambda e: f"{e['config']}@{e['image_size']}")
+def _content(entry) -> str:
+    return json.dumps({k: v for k, v in entry.items() if k != 'config'}, sort_keys=True)
+
+
+# Reference configs with the same model (sub-VP's are VP's, church's is CelebA-HQ's): every manifest entry whose
+# content repeats an earlier one's is checked by comparing our two configs' networks, not by building it again.
+FIRST = {}
+for _entry in _manifest():
+    FIRST.setdefault(_content(_entry), _entry)
+_ID = lambda e: f"{e['config']}@{e['image_size']}"  # noqa: E731
+
+
+@pytest.mark.parametrize('entry', [e for e in _manifest() if FIRST[_content(e)]['config'] != e['config']], ids=_ID)
+def test_repeated_reference_models_are_the_same_network_here(entry):
+    first = FIRST[_content(entry)]
+    ours, theirs = (Settings.from_config(importlib.import_module(f'configs.{CONFIGS[e["config"]]}').get_config())
+                    for e in (entry, first))
+    assert (ours.network, ours.vector_network) == (theirs.network, theirs.vector_network)
+
+
+@pytest.mark.parametrize('entry', [e for e in _manifest() if FIRST[_content(e)]['config'] == e['config']], ids=_ID)
 def test_full_size_networks_match_the_reference_manifest(entry):
     config = importlib.import_module(f'configs.{CONFIGS[entry["config"]]}').get_config()
     model = Experiment.build(Settings.from_config(config), levels=(0,)).networks.image_model
@@ -127,6 +147,38 @@ def test_imported_networks_reproduce_the_reference_outputs(name):
     params = published.network_params(networks, os.path.join(REF, f'{name}.pth'), level)
     score = get_score_fn(networks.image_model, sde, params)(x, t)
     np.testing.assert_allclose(score, expected_score, rtol=2e-4, atol=1e-5 * np.abs(expected_score).max())
+
+
+@pytest.mark.parametrize('name', ['vp_8', 've_32'])
+def test_legacy_format_copies_import_as_their_zip_originals(name):
+    """tests/data/torch/<name>_legacy.pth: torch's own re-save of <name>.pth in its pre-1.6 format."""
+    legacy = os.path.join(TESTS, 'data', 'torch', f'{name}_legacy.pth')
+    original = os.path.join(REF, f'{name}.pth')
+    _assert_identical(pth.load(legacy), pth.load(original))  # all of it: optimiser state, numpy scalars, step
+    for weights in ('ema', 'model'):  # what --mode=import reads ...
+        _assert_identical(published.read_reference(legacy, weights), published.read_reference(original, weights))
+    config_name, level, levels, factor = FIXTURES[name]  # ... and the parameters it makes of them
+    networks = Experiment.build(_settings(config_name, levels, factor), levels=tuple(range(levels + 1))).networks
+    _assert_identical(published.network_params(networks, legacy, level),
+                      published.network_params(networks, original, level))
+
+
+def _assert_identical(a, b, where='root'):
+    """Same structure, types and values; arrays bit for bit, with their dtypes and shapes."""
+    assert type(a) is type(b), where
+    if isinstance(a, dict):
+        assert list(a) == list(b), where
+        for key in a:
+            _assert_identical(a[key], b[key], f'{where}.{key}')
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_identical(x, y, f'{where}[{i}]')
+    elif isinstance(a, (np.ndarray, jax.Array)):
+        a, b = np.asarray(a), np.asarray(b)
+        assert (a.dtype, a.shape, a.tobytes()) == (b.dtype, b.shape, b.tobytes()), where
+    else:
+        assert a == b, where
 
 
 def test_level_input_offset_of_the_reference_ddpmpp_subspace_networks():
@@ -223,7 +275,7 @@ def test_bad_imports_are_one_clear_line(tmp_path):
     truncated.write_bytes(open(os.path.join(REF, 'vp_16.pth'), 'rb').read()[:300_000])
     cases = [
         # (file, level, config overrides, expected last line)
-        (truncated, 0, {}, 'is not a torch.save zip archive'),
+        (truncated, 0, {}, 'a damaged zip archive'),
         (f'{REF}/vp_8.pth', 0, {}, 'is the level-1 network (8x8x3 input), not level 0 (16x16x3): import it with '
                                    '--import_level=1'),
         (f'{REF}/vp_16.pth', 0, {'model.nf': 16}, 'it has nf=8: set --config.model.nf=8'),

@@ -1,4 +1,5 @@
-"""Write files in torch.save's zip format without torch (test helper): state dicts of numpy arrays, or crafted views.
+"""Write files in torch.save's zip or legacy format without torch (test helper): state dicts of numpy arrays, or
+crafted views and sizes.
 
 The pickle names the globals torch writes (`torch._utils._rebuild_tensor_v2`, `torch.FloatStorage`, ...), so
 the files exercise exactly what formats/pth.py must read; stand-in modules are registered only while pickling.
@@ -7,6 +8,7 @@ import collections
 import contextlib
 import io
 import pickle
+import struct
 import sys
 import types
 import zipfile
@@ -69,8 +71,11 @@ def tensor(array: np.ndarray, key: str) -> _Tensor:
     return tensor_view(a.reshape(-1), key, a.shape, strides)
 
 
-def save(path, obj, storage_bytes=None):
-    """torch.save layout of `obj` (dicts, lists, tensors); storage_bytes: {key: bytes} to write instead of the data."""
+def _pickled(obj, legacy, counts=None):
+    """(torch's pickle of `obj`, {storage key: flat array}); the legacy format's storage ids add view metadata.
+
+    counts: {key: element count} to claim for a storage instead of its true size.
+    """
     with _stand_in_torch() as storage_types:
         storages = {}
 
@@ -78,19 +83,42 @@ def save(path, obj, storage_bytes=None):
             def persistent_id(self, o):
                 if isinstance(o, _Storage):
                     storages[o.key] = o.flat
-                    return ('storage', storage_types[_STORAGES[o.flat.dtype]], o.key, 'cpu', o.flat.size)
+                    numel = (counts or {}).get(o.key, o.flat.size)
+                    pid = ('storage', storage_types[_STORAGES[o.flat.dtype]], o.key, 'cpu', numel)
+                    return pid + (None,) if legacy else pid
                 return None
 
         buf = io.BytesIO()
         Pickler(buf, protocol=2).dump(obj)
+    return buf.getvalue(), storages
+
+
+def save(path, obj, storage_bytes=None):
+    """torch.save layout of `obj` (dicts, lists, tensors); storage_bytes: {key: bytes} to write instead of the data."""
+    data, storages = _pickled(obj, legacy=False)
     with zipfile.ZipFile(path, 'w') as z:
-        z.writestr('archive/data.pkl', buf.getvalue())
+        z.writestr('archive/data.pkl', data)
         z.writestr('archive/byteorder', 'little')
         for key, flat in storages.items():
             z.writestr(f'archive/data/{key}', (storage_bytes or {}).get(key, flat.tobytes()))
         z.writestr('archive/version', '3\n')
 
 
-def save_state_dict(path, state_dict: dict):
-    """torch.save(OrderedDict of tensors) for {key: numpy array}."""
-    save(path, collections.OrderedDict((k, tensor(v, str(i))) for i, (k, v) in enumerate(state_dict.items())))
+def save_legacy(path, obj, counts=None):
+    """torch.save(obj, path, _use_new_zipfile_serialization=False) layout; counts: {key: element count} to claim
+    for a storage (in the pickle and before its bytes) instead of its true size."""
+    data, storages = _pickled(obj, legacy=True, counts=counts)
+    system = {'protocol_version': 1001, 'little_endian': True, 'type_sizes': {'short': 2, 'int': 4, 'long': 4}}
+    keys = sorted(storages)
+    with open(path, 'wb') as f:
+        for header in (0x1950a86a20f9469cfc6c, 1001, system):
+            f.write(pickle.dumps(header, protocol=2))
+        f.write(data + pickle.dumps(keys, protocol=2))
+        for key in keys:
+            f.write(struct.pack('<q', (counts or {}).get(key, storages[key].size)) + storages[key].tobytes())
+
+
+def save_state_dict(path, state_dict: dict, legacy=False):
+    """torch.save(OrderedDict of tensors) for {key: numpy array}, in the zip (or legacy) format."""
+    (save_legacy if legacy else save)(
+        path, collections.OrderedDict((k, tensor(v, str(i))) for i, (k, v) in enumerate(state_dict.items())))

@@ -201,11 +201,13 @@ def inception_fn(variables: dict):
     """-> jitted fn(images (B,H,W,C) uint8 or [0,1] float, C in {1,3}) -> (pool (B,2048), logits (B,1008))."""
     model = FIDInceptionV3()
 
+    # The weights are an argument, not closed over: closed over, their 95 MB would be compiled in as
+    # constants, into every program and every persistent-cache entry.
     @jax.jit
-    def fn(images):
+    def fn(variables, images):
         x = images.astype(jnp.float32) / 255.0 if images.dtype == jnp.uint8 else images.astype(jnp.float32)
         if x.shape[-1] == 1:
             x = jnp.repeat(x, 3, axis=-1)
         return model.apply(variables, 2.0 * x - 1.0)
 
-    return fn
+    return lambda images: fn(variables, images)
