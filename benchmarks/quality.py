@@ -81,9 +81,9 @@ def main():
         path = w('full', f'cutoffs_{kind}.json')
         steps.run(f'cutoffs {kind}', os.path.exists(path), '--mode=cutoffs',
                   *_flags(w('full'), kind, 2, placeholder))
-        if not os.path.exists(path):
-            shutil.copy(w('full', 'cutoffs.json'), path)
-            shutil.copy(w('full', 'cutoffs.png'), path[:-4] + 'png')
+        if not os.path.exists(path):  # moved: --mode=cutoffs never replaces another chain's cutoffs.json
+            shutil.move(w('full', 'cutoffs.json'), path)
+            shutil.move(w('full', 'cutoffs.png'), path[:-4] + 'png')
         with open(path) as f:
             found = [row['cutoff'] for row in json.load(f)['levels']]
         if None in found:

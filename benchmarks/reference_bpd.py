@@ -4,8 +4,9 @@
 
 The reference fixture tests/data/reference/vp_8.pth (DDPM++ VP, 8x8, written by score_sde_pytorch) is
 imported and the probability-flow likelihood of its first input image is integrated from eps = 1e-5
-(rtol = atol = 1e-4). The exact-trace value is the constant tests/test_conventions.py checks the
-Hutchinson route against; the eps = 1e-3 value shows how far the sampling eps would move it.
+(rtol = atol = 1e-4). The Hutchinson mean agrees with the exact trace; the eps = 1e-3 value shows how far
+the sampling eps would move it. (tests/test_conventions.py checks eval's route against the reference's own
+likelihood code instead: benchmarks/reference_bpd_fixture.py.)
 Results: benchmarks/results/reference_bpd.json.
 """
 import importlib

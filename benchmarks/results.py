@@ -1,4 +1,4 @@
-"""Where benchmark results go: benchmarks/results/<name>.json, committed with the README figures they back."""
+"""Where benchmark results go: benchmarks/results/<name>.json, committed with the figures (README, docs/) they back."""
 import json
 import os
 

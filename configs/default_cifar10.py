@@ -19,6 +19,9 @@ def get_config():
     training.snapshot_sampling = True
     training.likelihood_weighting = False
     training.reduce_mean = False
+    # Class-conditional models (model.num_classes > 0): the share of training examples whose label is replaced by
+    # 'no label', so the one network is also the unconditional model that classifier-free guidance needs.
+    training.label_dropout = 0.1
 
     # Sources: score_sde_pytorch configs/ve/cifar10_ncsnpp_continuous.py (predictor, corrector, snr, num_scales)
     # and subspace-diffusion's subspace_sample.py (eps, conditional Langevin) and README (cond_snr for CIFAR-10 VE).
@@ -42,6 +45,9 @@ def get_config():
     sampling.nfe_budget = 35.0
     sampling.budget_rule = "log_sigma"
     sampling.rho = 7.0
+    # Classifier-free guidance w of a class-conditional model: (1 + w) s(x, t, y) - w s(x, t, no label); 0 samples
+    # the class-conditional model itself; w > 0 evaluates the network twice per call (effective NFE doubles).
+    sampling.guidance = 0.0
 
     config.eval = evaluate = ml_collections.ConfigDict()
     # Local FID-Inception weights (pytorch-fid state_dict as .npz or .pth); see subspace_diffusion/metrics/inception.py.
@@ -64,6 +70,7 @@ def get_config():
     evaluate.bpd_num_examples = 0  # cap on bits/dim examples; 0 = the whole split
     evaluate.ode_rtol = 1e-5  # probability-flow ODE tolerances (bits/dim and sampling.method='ode')
     evaluate.ode_atol = 1e-5
+    evaluate.ode_max_steps = 4096  # the adaptive solver's step limit: a solve that reaches it is refused
     evaluate.likelihood_eps = 1e-5  # the bits/dim ODE starts here for every SDE, as score-SDE's likelihood.py
     # Reference statistics for FID / KID and the other Frechet distances: "" computes them into the workdir
     # (ref_stats_<dataset>_<image_size>_<content id>.npz, as --mode=fid_stats does); a path is read, never written.
@@ -74,6 +81,12 @@ def get_config():
     evaluate.cond_input_dir = ""
     evaluate.cond_mask = "left_half"
     evaluate.cond_mask_fraction = 0.5  # share of missing pixels for cond_mask='random'
+    # Their outputs: <workdir>/<cond_folder>/ ("" = the mode's name, inpaint or colorize); a folder that holds an
+    # earlier run's results is never overwritten: name another one.
+    evaluate.cond_folder = ""
+    # Class-conditional models: the classes requested, sample i getting labels[i % len(labels)]; () = every class
+    # in turn (0, 1, ..., num_classes - 1, 0, ...), so each gets an equal share.
+    evaluate.labels = ()
 
     config.data = data = ml_collections.ConfigDict()
     data.dataset = "CIFAR10"  # digits, folder, mnist, fashion_mnist, cifar10, celebahq, lsun, ffhq (any case, '-', '_')
@@ -127,6 +140,9 @@ def get_config():
     # Vector levels (subspace.kind='pca') have no image layout: a residual MLP with NCSN++'s time embedding.
     model.mlp_width = 512
     model.mlp_blocks = 4
+    # Classes of a class-conditional model (labelled data: digits, mnist, fashion_mnist, cifar10): every level's
+    # network adds a class embedding (and one for 'no label') to its time embedding. 0: unconditional.
+    model.num_classes = 0
 
     config.optim = optim = ml_collections.ConfigDict()
     optim.weight_decay = 0.0
@@ -158,6 +174,9 @@ def get_config():
     subspace.cutoff_num_examples = 1024
     subspace.cutoff_batch_size = 64  # images per compiled call (each is evaluated at every time of the grid)
     subspace.cutoff_threshold = 3e-3
+    # Class-conditional models: lift a labelled sample with its class's piece statistics (mu, sigma_perp), measured
+    # with the training labels by --mode=subspace_stats (or on first use), instead of the whole data set's.
+    subspace.class_stats = False
 
     config.seed = 42
     return config

@@ -3,11 +3,14 @@
     import subspace_diffusion as sd
     model = sd.load('runs/quick')                                   # settings recorded in the workdir
     images = model.sample(16, method='dpm_solver++', nfe=20, seed=0)  # (16, H, W, C) in [0, 1]
+    shoes = model.sample(16, labels=7, guidance=2.0)                 # a class-conditional model: class 7, w = 2
     bpd = model.bits_per_dim(images)                                # (16,) bits/dim, 8-bit scale
 
-Everything goes through the same settings, loading and sampler factory as main.py: a workdir's recorded
-settings (config_train.json, or config_import.json for imported networks) are checked as a config file is,
-the EMA parameters alone are read, and the samplers are the factory's, compiled once per method and budget.
+Everything goes through the same settings, loading and sampler factory as main.py: the settings the loaded
+checkpoint was made with (the record it names, run/records.py: config_train.json, or config_import.json for
+imported networks) are checked as a config file is, the EMA parameters alone are read, and the samplers are
+the factory's, compiled once per method and budget. Every argument is checked at the boundary
+(api_inputs.py): a bad one is one ValueError naming it, what it got and what it takes.
 """
 import dataclasses
 import os
@@ -18,47 +21,75 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from subspace_diffusion import api_inputs as check
+from subspace_diffusion.core.likelihood import require_finished
 from subspace_diffusion.core.sampling import Sampler, make_sampler
 from subspace_diffusion.evaluation.bpd import BPD_STREAM, bpd_function
-from subspace_diffusion.formats.files import FileProblem, read_json
-from subspace_diffusion.run import data, loading, parallel, statistics
-from subspace_diffusion.run.experiment import Experiment
+from subspace_diffusion.formats.images import save_image_grid
+from subspace_diffusion.run import data, loading, parallel, records, statistics
+from subspace_diffusion.run.checkpoints import Checkpoints
+from subspace_diffusion.run.experiment import Experiment, level_shapes
 from subspace_diffusion.run.settings import Settings
 
-RECORDS = ('config_train.json', 'config_import.json', 'config_eval.json')  # where a workdir keeps its settings
+# Where workdirs whose checkpoints name no record (written before records were named) keep their settings.
+RECORDS = ('config_train.json', 'config_import.json', 'config_eval.json')
 
 
-def _config_of(workdir, config):
-    """The ml_collections config: `config` (a ConfigDict or a path to a config file), else the workdir's record."""
-    if isinstance(config, ml_collections.ConfigDict):
-        return config
-    if isinstance(config, (str, os.PathLike)):
-        from ml_collections import config_flags
-        return config_flags.config_flags._LoadConfigModule('config', os.fspath(config)).get_config()
+def _config_of(workdir: str, config, step: Optional[int]):
+    """The ml_collections config: `config` if given, else the record the checkpoint at `step` (default: the
+    newest) names, else the first of RECORDS the workdir holds."""
+    if config is not None:
+        return check.config(config)
+    ckpts = Checkpoints(workdir, read_only=True)
+    try:
+        step = ckpts.latest_step() if step is None else step
+        name = None if step is None else ckpts.read_meta(step).get(records.META_KEY)
+    finally:
+        ckpts.close()
+    if name is not None:
+        return ml_collections.ConfigDict(records.read(workdir, name, step))
     for name in RECORDS:
-        path = os.path.join(workdir, name)
-        if os.path.exists(path):
-            return ml_collections.ConfigDict(read_json(path, 'settings record', 'pass config= explicitly'))
-    raise FileProblem(f'{workdir} holds no record of its settings ({", ".join(RECORDS)}): pass config= (a config '
-                      f'file or ConfigDict)')
+        if os.path.exists(os.path.join(workdir, name)):
+            return ml_collections.ConfigDict(records.read(workdir, name, step))
+    raise check.refuse('workdir', workdir, 'holds no record of the settings its checkpoints were made with: pass '
+                       'config= (the config file they were made with)' if step is not None else
+                       'holds no checkpoint: train (main.py --mode=train) or import (--mode=import) into it first, '
+                       'or pass the workdir of such a run')
 
 
 def load(workdir, config=None, levels: Optional[Sequence[int]] = None, step: Optional[int] = None) -> 'Model':
-    """The model in `workdir`: every level 0..K of the chain when the checkpoint holds them all, else full space.
+    """The model in `workdir`: every level 0..K of the chain when the checkpoint holds them all, the one
+    subspace level it holds alone, else full space.
 
-    config: a config file path or ConfigDict (default: the settings recorded in the workdir); levels: which
-    networks to sample with ((0,) = full space); step: a checkpoint step (default: the latest).
+    config: a config file (.py), a settings record (.json) or ConfigDict (default: the settings the checkpoint
+    was made with); levels: which networks to sample with ((0,) = full space); step: a checkpoint step
+    (default: the newest).
     """
-    settings = Settings.from_config(_config_of(workdir, config))
+    workdir, step = check.workdir(workdir), check.step(step)
+    settings = Settings.from_config(_config_of(workdir, config, step))
     K = settings.subspace.levels
+    levels = check.levels(levels, K)
     if levels is None:
         held = set(loading.held_levels(workdir, step))
-        levels = tuple(range(K + 1)) if K and set(range(K + 1)) <= held else (0,)
-    loaded = loading.load_levels(settings, levels, workdir, step)
+        levels = tuple(range(K + 1)) if K and set(range(K + 1)) <= held else \
+            tuple(held) if len(held) == 1 and 0 not in held else (0,)
+    try:
+        loaded = loading.load_levels(settings, levels, workdir, step)
+    except FileNotFoundError as e:  # a workdir with a record but no checkpoint (a run that failed before saving)
+        raise check.refuse('workdir', workdir, str(e)) from None
     exp = Experiment.build(settings, levels)
     stats = statistics.load(settings, exp.chain, workdir, write=parallel.is_main_process()) \
         if exp.levels != (0,) else None
     return Model(exp, exp.networks.named(loaded.params), stats, loaded.sources[min(levels)]['step'])
+
+
+def save_grid(images, path) -> str:
+    """Write images (N, H, W, C), [0, 1] floats (what Model.sample returns) or uint8, as one PNG grid -> path."""
+    x = np.asarray(images)
+    if x.ndim != 4 or x.shape[-1] not in (1, 3) or not len(x):
+        raise check.refuse('images', x, 'takes a batch of images (N, H, W, C) with C 1 or 3')
+    save_image_grid(check.images(x, x.shape[1:]), os.fspath(path))
+    return os.fspath(path)
 
 
 @dataclasses.dataclass(eq=False)
@@ -81,57 +112,101 @@ class Model:
         return self.experiment.describe()
 
     def sampler(self, method: Optional[str] = None, nfe: Optional[float] = None,
-                steps: Optional[int] = None) -> Sampler:
+                steps: Optional[int] = None, guidance: float = 0.) -> Sampler:
         """The compiled sampler (and its cost) of `method` (default: the settings'), effective-NFE budget `nfe`
-        for the fixed-step ODE solvers, or `steps` grid points for PC."""
+        for the fixed-step ODE solvers (at least their minimum on this model), or `steps` grid points for PC;
+        `guidance`: the classifier-free guidance w of a class-conditional model's labelled samples."""
         cfg = self.settings.sampling
-        cfg = dataclasses.replace(cfg, method=method or cfg.method)
+        cfg = dataclasses.replace(cfg, method=cfg.method if method is None else check.method(method), guidance=0.)
+        check.budget_applies(cfg.method, nfe, steps)
         if nfe is not None:
-            cfg = dataclasses.replace(cfg, ode=dataclasses.replace(cfg.ode, nfe_budget=float(nfe)))
+            floor = self._build(dataclasses.replace(cfg, ode=dataclasses.replace(cfg.ode, nfe_budget=0.)))
+            cfg = dataclasses.replace(cfg, ode=dataclasses.replace(
+                cfg.ode, nfe_budget=check.nfe_budget(nfe, floor.cost.effective_nfe, cfg.method)))
+        cfg = dataclasses.replace(cfg, guidance=guidance)  # after the budget's floor, which counts network steps
         if steps is not None:
-            cfg = dataclasses.replace(cfg, pc=dataclasses.replace(cfg.pc, num_steps=int(steps)))
+            cfg = dataclasses.replace(cfg, pc=dataclasses.replace(cfg.pc, num_steps=check.whole('steps', steps, 2)))
+            try:
+                return self._build(cfg)
+            except ValueError as e:  # a grid too coarse to reach every stage of the chain
+                raise check.refuse('steps', steps, str(e)) from None
+        return self._build(cfg)
+
+    def _build(self, cfg) -> Sampler:
+        """The factory's sampler of `cfg`, built once."""
         if cfg not in self._samplers:
             self._samplers[cfg] = make_sampler(self.experiment.diffusion(self.stats), cfg,
-                                               self.experiment.networks.scores, level=self.experiment.sampled_level)
+                                               self.experiment.networks.scores, level=self.experiment.sampled_level,
+                                               num_classes=self.num_classes)
         return self._samplers[cfg]
 
+    @property
+    def num_classes(self) -> int:
+        """Classes of a class-conditional model (labels 0..num_classes - 1), 0 for an unconditional one."""
+        return self.experiment.networks.num_classes
+
     def sample(self, n: int, method: Optional[str] = None, nfe: Optional[float] = None, steps: Optional[int] = None,
-               seed: int = 0) -> np.ndarray:
-        """n samples as float32 (n, H, W, C) images in [0, 1] (see `sampler` for method, nfe and steps)."""
-        x, _ = self.sampler(method, nfe, steps).sample(self.params, jax.random.PRNGKey(seed), n)
+               seed: int = 0, labels=None, guidance: Optional[float] = None) -> np.ndarray:
+        """n samples as float32 (n, H, W, C) images in [0, 1] (see `sampler` for method, nfe and steps); a
+        class-conditional model's of `labels` (one class, or n classes) under classifier-free guidance `guidance`
+        (w >= 0, default the settings' sampling.guidance), or without labels its unconditional samples."""
+        n, key = check.whole('n', n), jax.random.PRNGKey(check.seed(seed))
+        labels = check.class_labels(labels, n, self.num_classes)
+        w = check.guidance(guidance, self.num_classes, labels is not None)
+        w = (self.settings.sampling.guidance if w is None else w) if labels is not None else 0.
+        x, _ = self.sampler(method, nfe, steps, w).sample(self.params, key, n, labels)
         return np.clip(np.asarray(data.get_inverse_scaler(self.settings.data.centered)(x)), 0., 1.)
 
     def score(self, x, t: float):
         """The implicit full-space score s(x, t) (SPEC section 3) of model-space x (B, H, W, C) at one time t."""
+        x = jnp.asarray(check.array('x', x, self.settings.data.shape, 'model-space arrays'))
+        t = check.time(t, self.settings.sde.T)
         diffusion = self.experiment.diffusion(self.stats)
         networks = self.experiment.networks
         vt = jnp.full((x.shape[0],), t, jnp.float32)
         if diffusion.subspace is None:
             return networks.score(self.params, 0)(x, vt)
-        k = int(diffusion.subspace.level_of(float(t)))
+        k = int(diffusion.subspace.level_of(t))
+        if k not in self.experiment.levels:  # a model of one subspace level serves its own time range only
+            bounds = (0.,) + diffusion.cutoffs + (self.settings.sde.T,)
+            held = self.experiment.levels[0]
+            raise check.refuse('t', t, f'lies at level {k} of the chain, whose network this model does not hold '
+                               f'(levels {list(self.experiment.levels)}): takes t in ({bounds[held]:g}, '
+                               f'{bounds[held + 1]:g}], or load level {k} too (sd.load(workdir, levels=...))')
         return diffusion.subspace.implicit_score(self.settings.sde, networks.score(self.params, k), k)(x, vt)
 
     def bits_per_dim(self, images, seed: int = 0) -> np.ndarray:
-        """Bits/dim (8-bit scale, one dequantisation draw) of [0, 1] images (N, H, W, C) by the probability-flow ODE."""
-        images = np.asarray(images, np.float32)
+        """Bits/dim (8-bit scale, one dequantisation draw) of images (N, H, W, C) by the probability-flow ODE:
+        float images in [0, 1] (what `sample` returns) or uint8 images (what a PNG holds, divided by 255)."""
+        images, seed = check.images(images, self.settings.data.shape), check.seed(seed)
+        if self.experiment.sampled_level:
+            raise check.refuse('levels', self.experiment.levels, 'bits/dim integrates over the whole time range: '
+                               'load the whole chain or full space (levels=(0,))')
         batch = min(self.settings.eval.batch_size, len(images))
         fn = bpd_function(self.settings, self.experiment.diffusion(self.stats), self.experiment.networks.scores)
         key = jax.random.fold_in(jax.random.PRNGKey(seed), BPD_STREAM)
-        out = [np.asarray(fn(self.params, jax.random.fold_in(key, i), parallel.pad_rows(images[i:i + batch], batch))[0])
-               [:len(images[i:i + batch])] for i in range(0, len(images), batch)]
+        out = []
+        for i in range(0, len(images), batch):
+            bpd, stats = fn(self.params, jax.random.fold_in(key, i), parallel.pad_rows(images[i:i + batch], batch))
+            require_finished(stats, self.settings.eval.tolerance, 'likelihood ODE', self.settings.sde.T)
+            out.append(np.asarray(bpd)[:len(images[i:i + batch])])
         return np.concatenate(out)
 
     def to_model_space(self, images):
-        """[0, 1] images -> the model's data space ([-1, 1] when the data are centred)."""
-        return data.get_scaler(self.settings.data.centered)(jnp.asarray(images, jnp.float32))
+        """Images (as `bits_per_dim` takes them) -> the model's data space ([-1, 1] when the data are centred)."""
+        return data.get_scaler(self.settings.data.centered)(jnp.asarray(check.images(images, self.settings.data.shape)))
 
     def project(self, x, k: int):
         """U_k^T x: full-space arrays (B, H, W, C) -> level-k coordinates (an image at H / factor^k for pooling)."""
-        return self.experiment.chain.down(x, k)
+        k = check.level('k', k, self.experiment.num_levels)
+        x = jnp.asarray(check.array('x', x, self.settings.data.shape, 'full-space arrays'))
+        return self.experiment.chain.down(x, k) if k else x
 
     def embed(self, y, k: int):
         """U_k y: level-k coordinates -> full space; embed(project(x, k), k) is the projection P_k x."""
-        return self.experiment.chain.up(y, k)
+        k = check.level('k', k, self.experiment.num_levels)
+        y = jnp.asarray(check.array('y', y, level_shapes(self.settings)[k], f'level-{k} coordinates'))
+        return self.experiment.chain.up(y, k) if k else y
 
     def effective_nfe(self, method: Optional[str] = None, nfe: Optional[float] = None,
                       steps: Optional[int] = None) -> Optional[float]:

@@ -65,11 +65,12 @@ class GaussianCase:
         """Exact level scores s_0..s_K for a sampler (K = 0 in full space)."""
         return [self.level_score(sde, k) for k in range((subspace.num_levels if subspace else 0) + 1)]
 
-    def ode_samples(self, sde, method: str, budget: float, subspace, n: int) -> np.ndarray:
-        """(n, d) samples of a fixed-step ODE solver (ode.py) with the exact level scores, prior key 0."""
-        cfg = SamplerConfig(method=method, eps=sde.sampling_eps, ode=ODEConfig(nfe_budget=budget))
+    def ode_samples(self, sde, method: str, budget, subspace, n: int, seed: int = 0) -> np.ndarray:
+        """(n, d) samples of an ODE solver (a fixed-step one at `budget`, or the adaptive 'ode') with the exact level
+        scores, key `seed`."""
+        cfg = SamplerConfig(method=method, eps=sde.sampling_eps, ode=ODEConfig(nfe_budget=budget or 35.0))
         diffusion, fns = self.diffusion(sde, subspace), self.scores(sde, subspace)
-        x = jax.jit(lambda key: sample(key, n, diffusion, fns, cfg)[0])(jax.random.PRNGKey(0))
+        x = jax.jit(lambda key: sample(key, n, diffusion, fns, cfg)[0])(jax.random.PRNGKey(seed))
         return np.asarray(x, np.float64).reshape(n, -1)
 
     def logpdf(self, x):

@@ -2,6 +2,7 @@
 the package's install metadata."""
 import os
 import re
+import shutil
 import sys
 import tomllib
 
@@ -12,6 +13,7 @@ from PIL import Image
 
 import subspace_diffusion as sd
 from subspace_diffusion import cli
+from subspace_diffusion.evaluation import quality
 from subspace_diffusion.jobs import conditional, evaluate, train
 from subspace_diffusion.run import data, loading, parallel
 from subspace_diffusion.run.experiment import Experiment
@@ -24,10 +26,9 @@ RUN = dict(subspace__train_level=-1, training__n_iters=2, training__snapshot_fre
 
 @pytest.fixture(scope='module')
 def workdir(tmp_path_factory):
-    """A tiny run of both levels of the 1-level chain (8 -> 4 px), with its settings recorded as main.py does."""
+    """A tiny run of both levels of the 1-level chain (8 -> 4 px); its first checkpoint records its settings."""
     path = tmp_path_factory.mktemp('api')
     train.train(tiny_settings(**RUN), path)
-    cli.record_settings(tiny_config(**RUN), str(path), 'train')
     return path
 
 
@@ -57,8 +58,16 @@ def test_api_loads_recorded_settings_and_full_space(workdir):
         model.embed(model.project(x, 1), 1), 1), 1), atol=1e-6)  # a projector
 
 
+@pytest.fixture(scope='module')
+def scorer_cache(tmp_path_factory):
+    """The digits classifier and the reference statistics eval scores with, computed once for the module."""
+    path = tmp_path_factory.mktemp('scorer')
+    quality.Scorer(tiny_settings(**RUN), str(path)).reference()
+    return path
+
+
 @pytest.mark.parametrize('method', ['pc', 'dpm_solver++', 'ode'])
-def test_sampling_method_reaches_every_sampler_user(workdir, tmp_path, method):
+def test_sampling_method_reaches_every_sampler_user(workdir, scorer_cache, tmp_path, method):
     """Snapshot grids, eval, inpainting (nothing known) and the API draw the same samples for the same key."""
     settings = tiny_settings(**RUN, sampling__method=method)
     exp = Experiment.build(settings, (0, 1))
@@ -68,7 +77,7 @@ def test_sampling_method_reaches_every_sampler_user(workdir, tmp_path, method):
 
     # eval: batch 0 of the folder uses fold_in(fold_in(key(seed), 3), 0)
     run = tmp_path / 'eval'
-    run.mkdir()
+    shutil.copytree(scorer_cache, run)  # the classifier and reference statistics, not computed per method
     evaluate.evaluate(tiny_settings(**RUN, sampling__method=method, eval__level_workdirs=(str(workdir),) * 2), run)
     shard = np.load(run / 'eval' / 'step_2' / 'samples_0.npz')
     key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(settings.seed), 3), 0)
@@ -88,7 +97,8 @@ def test_sampling_method_reaches_every_sampler_user(workdir, tmp_path, method):
         Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(images / f'{i}.png')
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / 'nothing_known.png')
     inpaint = tiny_settings(**RUN, sampling__method=method, eval__cond_input_dir=str(images),
-                            eval__cond_mask=str(tmp_path / 'nothing_known.png'))
+                            eval__cond_mask=str(tmp_path / 'nothing_known.png'),
+                            eval__cond_folder=f'inpaint_{method}')  # one output folder per method: none overwritten
     if method == 'ode':  # an adaptive solve has no grid to impose a measurement on: one clear error
         with pytest.raises(ValueError, match="adaptive 'ode' solver has no fixed grid"):
             conditional.inpaint(inpaint, workdir)

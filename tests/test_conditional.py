@@ -53,13 +53,14 @@ def test_inpainting_gives_the_gaussian_conditional(levels):
     assert np.linalg.norm(np.cov(x[:, unknown].T) - cov) / np.linalg.norm(cov) < 0.08
 
 
-def test_colorization_gives_the_gaussian_conditional():
+@pytest.mark.parametrize('levels', [0, 1])
+def test_colorization_gives_the_gaussian_conditional(levels):
     case = make_case(PoolingChain((2, 2, 3), 1), [0.3])
     x0 = np.random.default_rng(2).multivariate_normal(case.m, case.cov).astype(np.float32)
     # In per-pixel colour coordinates (x @ C^T) the known part is channel 0 (grey) of every pixel.
     rot = np.kron(np.eye(4), colour_transform())
     mean, cov, unknown = _conditional(rot @ case.m, rot @ case.cov @ rot.T, np.arange(0, 12, 3), (rot @ x0)[::3])
-    x = _sample(case, x0, lambda aux: colorization(), 0, aux=np.ones(1)) @ rot.T
+    x = _sample(case, x0, lambda aux: colorization(), levels, aux=np.ones(1)) @ rot.T
     np.testing.assert_allclose(x[:, ::3], np.broadcast_to((rot @ x0)[::3], (N, 4)), atol=1e-5)
     assert np.abs(x[:, unknown].mean(0) - mean).max() < 0.03
     assert np.linalg.norm(np.cov(x[:, unknown].T) - cov) / np.linalg.norm(cov) < 0.08

@@ -16,7 +16,7 @@ from PIL import Image
 
 from subspace_diffusion.jobs import train
 from subspace_diffusion.run import data
-from subspace_diffusion.run.settings import Settings
+from subspace_diffusion.run.settings import Settings, differences
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, 'configs', '*.py'))
@@ -43,11 +43,35 @@ def _shrunk(name, tmp_path):
     return config
 
 
+# Configs that equal another once shrunk (the deep variants differ in depth, the defaults are their CIFAR-10 /
+# CelebA-HQ configs): config -> (the config trained in its place, the fields where the full-size configs differ,
+# the fields where the shrunk ones still differ). The full architectures are test_reference_import.py's.
+SAME_ONCE_SHRUNK = {
+    'default_cifar10': ('cifar10_ve_ncsnpp', [], []),
+    'default_celebahq': ('celebahq256_ve_ncsnpp', [], []),
+    'cifar10_ve_ncsnpp_deep': ('cifar10_ve_ncsnpp', ['model.num_res_blocks', 'subspace.cutoffs', 'training.n_iters'],
+                               ['subspace.cutoffs']),
+    'cifar10_vp_ddpmpp_deep': ('cifar10_vp_ddpmpp', ['model.num_res_blocks'], []),
+    'cifar10_subvp_ddpmpp_deep': ('cifar10_subvp_ddpmpp', ['model.num_res_blocks', 'training.n_iters'], []),
+}
+
+
 def test_every_config_file_is_covered():
     assert len(CONFIGS) >= 11 and 'cifar10_ve_ncsnpp' in CONFIGS and 'quick_digits' in CONFIGS
+    assert set(SAME_ONCE_SHRUNK) <= set(CONFIGS)
 
 
-@pytest.mark.parametrize('name', CONFIGS)
+@pytest.mark.parametrize('name', sorted(SAME_ONCE_SHRUNK))
+def test_configs_that_train_as_another_differ_only_where_expected(name, tmp_path):
+    other, full_size, shrunk = SAME_ONCE_SHRUNK[name]
+    assert other in CONFIGS and other not in SAME_ONCE_SHRUNK  # trained by the test below
+    config, config_other = (importlib.import_module(f'configs.{n}').get_config() for n in (name, other))
+    assert differences(config.to_dict(), config_other.to_dict()) == full_size
+    assert differences(_shrunk(name, tmp_path).to_dict(), _shrunk(other, tmp_path).to_dict()) == shrunk
+    Settings.from_config(_shrunk(name, tmp_path))  # and its settings are valid
+
+
+@pytest.mark.parametrize('name', [n for n in CONFIGS if n not in SAME_ONCE_SHRUNK])
 def test_config_builds_data_trains_and_samples(name, tmp_path):
     settings = Settings.from_config(_shrunk(name, tmp_path))
     context = contextlib.nullcontext()

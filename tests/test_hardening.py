@@ -7,12 +7,14 @@ import importlib
 import json
 import math
 import os
+import pickle
 import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
+import tracemalloc
 import zlib
 
 import ml_collections
@@ -117,13 +119,16 @@ def test_every_numeric_field_of_every_config_is_range_checked(name):
 
 
 def test_nan_in_an_int_field_and_a_seed_are_one_line(tmp_path):
+    # NaN for an int is refused by the flag parser (main.py); the rest by Settings.from_config (in-process).
     rc, err = run_main(f'--workdir={tmp_path / "w"}', '--mode=train', '--config.training.batch_size=nan')
     one_error_line(rc, err, 'batch_size')
-    rc, err = run_main(f'--workdir={tmp_path / "w"}', '--mode=train', seed=-1)
-    one_error_line(rc, err, 'config.seed: must lie in [0, 2147483647], got -1')
-    rc, err = run_main(f'--workdir={tmp_path / "w"}', '--mode=eval', sampling__nfe_budget=math.nan)
-    one_error_line(rc, err, 'config.sampling.nfe_budget: must be a finite number, got nan')
-    assert not (tmp_path / 'w').exists()  # nothing written before the settings pass
+    assert not (tmp_path / "w").exists()  # nothing written before the settings pass
+    seed = tiny_config()
+    seed.seed = -1
+    with pytest.raises(ValueError, match=re.escape('config.seed: must lie in [0, 2147483647], got -1')):
+        Settings.from_config(seed)
+    with pytest.raises(ValueError, match='config.sampling.nfe_budget: must be a finite number, got nan'):
+        tiny_settings(sampling__nfe_budget=math.nan)
 
 
 def test_smaller_settings_problems():
@@ -178,7 +183,7 @@ def _readers(tmp_path, trained):
         'mask or folder image': ((tmp_path / 'mask.png').read_bytes(), read_image),
         'IDX file': (idx_bytes, lambda p: idx.read_idx(p, 3)),
         'torch checkpoint / Inception weights (.pth)': ((tmp_path / 'w.pth').read_bytes(), pth.load),
-        'settings record (.json)': (json_bytes, lambda p: api._config_of(os.path.dirname(p), None)),
+        'settings record (.json)': (json_bytes, lambda p: api._config_of(os.path.dirname(p), None, None)),
     }
 
 
@@ -270,6 +275,69 @@ def test_torch_files_are_checked_before_allocating(tmp_path):
         pth.load(tmp_path / 'short.pth')
 
 
+def _refused_in_one_line(path, pattern):
+    """pth.load(path) raises PthError matching `pattern`, in one line, having allocated under 1 MiB on the way."""
+    tracemalloc.start()
+    try:
+        with pytest.raises(pth.PthError, match=pattern) as e:
+            pth.load(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    message = str(e.value)
+    assert message.startswith(str(path)) and '\n' not in message and peak < 1 << 20, (message, peak)
+
+
+def test_hostile_legacy_torch_files_are_refused_before_allocating_or_running_anything(tmp_path):
+    w = np.arange(4, dtype=np.float32)
+    torch_format.save_state_dict(tmp_path / 'valid.pth', {'w': w}, legacy=True)
+    np.testing.assert_array_equal(pth.load(tmp_path / 'valid.pth')['w'], w)
+    valid = (tmp_path / 'valid.pth').read_bytes()  # ends with storage 0's count and 16 bytes
+    torch_made = open(os.path.join(ROOT, 'tests', 'data', 'torch', 'inception_part_legacy.pth'), 'rb').read()
+    header = b''.join(pickle.dumps(v, protocol=2) for v in (pth.LEGACY_MAGIC, pth.LEGACY_PROTOCOL))
+    system = pickle.dumps({'protocol_version': 1001, 'little_endian': True,
+                           'type_sizes': {'short': 2, 'int': 4, 'long': 4}}, protocol=2)
+    assert valid.startswith(header + system) and torch_made.startswith(header + system)  # torch's header, bytewise
+    marker = tmp_path / 'pwned'
+
+    class Evil:
+        def __reduce__(self):
+            return os.system, (f'touch {marker}',)
+
+    tensor = torch_format.tensor(w, '0')
+    cases = {  # name: (write it, what the one line says)
+        'GLOBAL os.system in the object': (lambda p: torch_format.save_legacy(p, {'w': tensor, 'x': Evil()}),
+                                           r'refused to load (os|posix)\.system'),
+        'GLOBAL os.system in the header': (lambda p: p.write_bytes(header + pickle.dumps(Evil(), protocol=2)),
+                                           r'refused to load (os|posix)\.system'),
+        'count larger than the file': (lambda p: torch_format.save_legacy(p, {'w': tensor}, counts={'0': 10 ** 9}),
+                                       'storage 0 has 16 bytes, expected 4,000,000,000: the file is truncated'),
+        'negative count': (lambda p: torch_format.save_legacy(p, {'w': tensor}, counts={'0': -1}),
+                           r'storage 0 has a negative size \(-4 bytes\)'),
+        'overflowing count': (lambda p: torch_format.save_legacy(p, {'w': tensor}, counts={'0': 2 ** 62}),
+                              'storage 0 claims 18,446,744,073,709,551,616 bytes, over the limit'),
+        'count not that of its tensors': (
+            lambda p: p.write_bytes(valid[:-24] + (3).to_bytes(8, 'little') + valid[-16:]),
+            'storage 0 holds 3 elements, but its tensors were saved over 4'),
+        # A pickle length field of 1 TiB (BINBYTES8): the unpickler alone would allocate it before reading.
+        'pickle length past the file': (lambda p: p.write_bytes(header + system + b'\x80\x04\x8e' + (1 << 40).to_bytes(
+            8, 'little') + b'x.'), f'pickle at byte {len(header + system)} .* bytes8, but only 2 remain'),
+        'not a torch file': (lambda p: p.write_bytes(b'\x89PNG\r\n\x1a\n' + bytes(64)),
+                             'neither a torch.save zip archive .* nor a legacy torch.save file'),
+    }
+    for name, (write, pattern) in cases.items():
+        path = tmp_path / f'{name}.pth'
+        write(path)
+        _refused_in_one_line(path, pattern)
+    assert not marker.exists()
+    # Cut anywhere: the writer's file at every byte, torch's own at points in each part of the stream.
+    n = len(torch_made)
+    for data, cuts in ((valid, range(1, len(valid))), (torch_made, (5, 20, 300, n // 4, n // 2, n - 9))):
+        for cut in cuts:
+            (tmp_path / 'cut.pth').write_bytes(data[:cut])
+            _refused_in_one_line(tmp_path / 'cut.pth', 'truncated|cannot read its pickle|neither')
+
+
 # ----------------------------------------------------------------------------- 5. one writer per workdir
 
 
@@ -315,13 +383,14 @@ def _fake_inception():
 def test_inception_weights_read_as_pth_without_torch_and_as_npz(tmp_path):
     sd = _fake_inception()
     torch_format.save_state_dict(tmp_path / 'pt_inception.pth', sd)
+    torch_format.save_state_dict(tmp_path / 'pt_inception_legacy.pth', sd, legacy=True)  # pytorch-fid's own format
     np.savez(tmp_path / 'pt_inception.npz', **sd)
     assert 'torch' not in sys.modules
-    from_pth = quality.read_inception(str(tmp_path / 'pt_inception.pth'))
     from_npz = quality.read_inception(str(tmp_path / 'pt_inception.npz'))
     leaves = lambda v: [np.asarray(x) for x in __import__('jax').tree.leaves(v)]  # noqa: E731
-    for a, b in zip(leaves(from_pth), leaves(from_npz), strict=True):
-        np.testing.assert_array_equal(a, b)
+    for name in ('pt_inception.pth', 'pt_inception_legacy.pth'):
+        for a, b in zip(leaves(quality.read_inception(str(tmp_path / name))), leaves(from_npz), strict=True):
+            np.testing.assert_array_equal(a, b)
     assert 'torch' not in sys.modules  # nothing imported torch, nothing was unpickled beyond tensors
 
 
@@ -368,9 +437,8 @@ def test_nothing_is_lost_after_any_bad_input(trained, tmp_path):
     Image.fromarray(np.full((8, 8), 128, np.uint8)).save(tmp_path / 'grey.png')
     torch_format.save(tmp_path / 'bomb.pth', {'model': {'w': torch_format.tensor_view(
         np.zeros(1, np.float32), '0', (10 ** 5, 10 ** 5), (0, 0))}})
+    # Settings problems stop before anything is read or written (test_bad_inputs.py); these come later, from files.
     cases = [
-        ({'model__dropout': 1.5}, ['--mode=train'], 'config.model.dropout'),
-        ({'eval__folder': '..'}, ['--mode=eval'], 'config.eval.folder'),
         ({'eval__cond_input_dir': str(tmp_path), 'eval__cond_mask': str(tmp_path / 'grey.png')}, ['--mode=inpaint'],
          'grey levels'),
         ({'eval__inception_weights': str(tmp_path / 'grey.png')}, ['--mode=eval'], 'FID Inception weights'),

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from gaussian_case import make_case
-from subspace_diffusion.core.likelihood import (LIKELIHOOD_EPS, Tolerance, bits_per_dim, dequantize, log_likelihood,
-                                                ode_sample, odeint)
+from subspace_diffusion.core.likelihood import (LIKELIHOOD_EPS, SolverStopped, Tolerance, bits_per_dim, dequantize,
+                                                log_likelihood, ode_sample, odeint, require_finished)
 from subspace_diffusion.core.sde import SDE
 from subspace_diffusion.core.subspaces import PoolingChain
 
@@ -59,18 +59,30 @@ def test_ode_sampling_reproduces_gaussian():
     sde, case, _, _ = _setup('vp')
     sub = case.subspace((0.1, 0.2))
     diffusion, fns = case.diffusion(sde, sub), case.scores(sde, sub)
-    xs, _, _ = jax.jit(lambda k: ode_sample(k, 4000, diffusion, fns, Tolerance(), sde.sampling_eps))(
-        jax.random.PRNGKey(2))
+    xs, stats = jax.jit(lambda k: ode_sample(diffusion.prior(k, 4000), diffusion, fns, Tolerance(),
+                                             sde.sampling_eps))(jax.random.PRNGKey(2))
+    assert bool(stats.finished)
     xs = np.asarray(xs).reshape(4000, -1)
     assert np.abs(xs.mean(0) - case.m).max() < 0.05
     assert np.linalg.norm(np.cov(xs.T) - case.cov) / np.linalg.norm(case.cov) < 0.08
 
 
 def test_odeint_accuracy_and_direction():
-    y, n = jax.jit(lambda y: odeint(lambda y, t: -y * t, y, 0.0, 2.0))(jnp.ones(3))
+    y, stats = jax.jit(lambda y: odeint(lambda y, t: -y * t, y, 0.0, 2.0))(jnp.ones(3))
     np.testing.assert_allclose(y, np.exp(-2.0), rtol=1e-4)
+    assert bool(stats.finished) and float(stats.t) == pytest.approx(2.0) and int(stats.n_evals) == 6 * int(
+        stats.n_steps) + 1
     y, _ = jax.jit(lambda y: odeint(lambda y, t: -y * t, y, 2.0, 0.0))(y)
     np.testing.assert_allclose(y, 1.0, rtol=1e-4)
+
+
+def test_odeint_says_when_its_step_limit_stopped_it():
+    # A stiff decay needs many steps at a tight tolerance: with 5 allowed the solve stops part-way.
+    tight = Tolerance(1e-8, 1e-8, max_steps=5)
+    y, stats = jax.jit(lambda y: odeint(lambda y, t: -50 * y, y, 0.0, 1.0, tight))(jnp.ones(3))
+    assert not bool(stats.finished) and int(stats.n_steps) == 5 and 0 < float(stats.t) < 1
+    with pytest.raises(SolverStopped, match=r'step limit \(5 steps\).*raise config.eval.ode_max_steps'):
+        require_finished(stats, tight, 'test', 1.0)
 
 
 def test_bits_per_dim_offsets():

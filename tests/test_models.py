@@ -151,6 +151,40 @@ def test_fir_resampling_matches_numpy(taps):
     np.testing.assert_allclose(ones[0, 4:-4, 4:-4, 0], 1.0, rtol=1e-6)
 
 
+def _fir_1331(a, up):
+    """score-SDE's [1, 3, 3, 1] resampling along axis 0 by its closed form: up, each input pixel gives two outputs at
+    a quarter pixel on either side, (x[i-1] + 3 x[i]) / 4 and (3 x[i] + x[i+1]) / 4; down, (x[2i-1] + 3 x[2i] +
+    3 x[2i+1] + x[2i+2]) / 8; zeros outside the image."""
+    n, p = a.shape[0], np.pad(a, [(1, 1)] + [(0, 0)] * (a.ndim - 1))
+    if not up:
+        return (p[0:n:2] + 3 * p[1:n + 1:2] + 3 * p[2:n + 2:2] + p[3:n + 3:2]) / 8
+    out = np.zeros((2 * n,) + a.shape[1:])
+    out[0::2], out[1::2] = (p[:n] + 3 * p[1:n + 1]) / 4, (3 * p[1:n + 1] + p[2:]) / 4
+    return out
+
+
+def test_fir_resampling_values_and_the_fused_convolutions():
+    # Independent of upfirdn2d's padding arithmetic: the closed form above (a half-pixel phase error fails it).
+    x = np.random.default_rng(0).normal(size=(1, 6, 6, 2)).astype(np.float32)
+    for up, fn in ((True, layers.upsample_2d), (False, layers.downsample_2d)):
+        expected = _fir_1331(_fir_1331(x[0], up).transpose(1, 0, 2), up).transpose(1, 0, 2)
+        np.testing.assert_allclose(fn(jnp.asarray(x), (1, 3, 3, 1))[0], expected, atol=1e-6)
+    # StyleGAN2's fused ops are up-sampling then a 3x3 convolution, and a convolution then down-sampling, padded
+    # once: equal to the two separate steps away from the border.
+    def conv(h, w):
+        return jax.lax.conv_general_dilated(h, w, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+    for kw, separate in (({'up': True}, lambda h, w: conv(layers.upsample_2d(h, (1, 3, 3, 1)), w)),
+                         ({'down': True}, lambda h, w: layers.downsample_2d(conv(h, w), (1, 3, 3, 1)))):
+        mod = layers.FIRConv(3, **kw)
+        params = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(jax.random.PRNGKey(1), a.shape),
+                              mod.init(jax.random.PRNGKey(0), jnp.asarray(x)))
+        fused = mod.apply(params, jnp.asarray(x))
+        two_steps = separate(jnp.asarray(x), params['params']['kernel']) + params['params']['bias']
+        assert fused.shape == two_steps.shape
+        np.testing.assert_allclose(fused[:, 1:-1, 1:-1], two_steps[:, 1:-1, 1:-1], atol=1e-5)
+
+
 def test_fused_fir_conv_shapes():
     x = jnp.ones((1, 8, 8, 3))
     for kw, shape in (({"up": True}, (1, 16, 16, 5)), ({"down": True}, (1, 4, 4, 5))):

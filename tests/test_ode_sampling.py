@@ -12,6 +12,7 @@ import pytest
 
 from gaussian_case import make_case
 from subspace_diffusion.core.ode import ODEConfig, plan, stage_steps
+from subspace_diffusion.core.sampling import SamplerConfig, cost
 from subspace_diffusion.core.sde import SDE
 from subspace_diffusion.core.subspaces import PoolingChain
 
@@ -60,3 +61,26 @@ def test_budget_rules():
     assert len(laid_out.grids) == 3 and nfe == pytest.approx(35, rel=0.1)
     with pytest.raises(ValueError, match='budget_rule'):
         ODEConfig(budget_rule='even')
+
+
+def test_every_method_starts_from_the_same_prior_draw():
+    # The probability-flow ODE maps each prior draw to one sample: solvers given the same seed must end on the
+    # same points (within their discretisation error), which they only do if they drew the same x_T.
+    sde = SDE('vp')
+    ends = {method: CASE.ode_samples(sde, method, budget, None, 64)
+            for method, budget in (('ode_heun', 400), ('dpm_solver++', 400), ('ode', None))}
+    scale = np.sqrt(np.mean(ends['ode'] ** 2))
+    for method in ('ode_heun', 'dpm_solver++'):
+        assert np.sqrt(np.mean((ends[method] - ends['ode']) ** 2)) < 0.02 * scale, method
+    other_seed = CASE.ode_samples(sde, 'ode_heun', 400, None, 64, seed=1)
+    assert np.sqrt(np.mean((other_seed - ends['ode']) ** 2)) > 0.5 * scale
+
+
+def test_the_budget_keeps_a_call_for_denoising_only_when_there_is_one():
+    sde = SDE('ve')
+    diffusion = CASE.diffusion(sde)
+    for denoise, steps in ((True, 19), (False, 20)):
+        cfg = SamplerConfig(method='dpm_solver++', eps=sde.sampling_eps, denoise=denoise,
+                            ode=ODEConfig(nfe_budget=20))
+        assert plan(diffusion, cfg.method, cfg.ode, cfg.eps, denoise).calls_per_level == {0: steps}
+        assert cost(diffusion, cfg).effective_nfe == 20

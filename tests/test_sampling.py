@@ -98,10 +98,10 @@ def test_zero_levels_is_the_full_sampler_and_nfe():
     full = case.diffusion(sde)
     x1, _ = sample(jax.random.PRNGKey(1), 8, full, case.scores(sde), cfg)
     sampler = make_sampler(full, cfg, lambda p: case.scores(sde))
-    x2, nfe = sampler.sample(None, jax.random.PRNGKey(1), 8)
+    x2, info = sampler.sample(None, jax.random.PRNGKey(1), 8)
     np.testing.assert_allclose(x2, x1, atol=1e-5)
     # predictor N-1 + corrector N + denoise 1 network calls, each of cost 1
-    assert nfe == sampler.cost.effective_nfe == 19 + 20 + 1
+    assert info == {'nfe': sampler.cost.effective_nfe} and info['nfe'] == 19 + 20 + 1
     grid, spans = split_grid(20, sde.sampling_eps, 1.0, (0.3, 0.6))
     sub_nfe = cost(case.diffusion(sde, case.subspace((0.3, 0.6))), cfg).effective_nfe
     # levels cost 1, 1/4, 1/16 of a full call
@@ -126,3 +126,18 @@ def test_bad_cutoffs_and_config():
         PCConfig(predictor='heun')
     with pytest.raises(ValueError, match='method'):
         SamplerConfig(method='euler')
+
+
+@pytest.mark.parametrize('kind,pc', [
+    ('vp', {'predictor': 'reverse_diffusion', 'corrector': 'langevin', 'snr': 0.16}),  # VP's scaled Langevin step
+    ('subvp', {'predictor': 'reverse_diffusion', 'corrector': 'langevin', 'snr': 0.16, 'scale_langevin': False,
+               'n_corrector_steps': 2}),
+    ('ve', {'predictor': 'ancestral', 'corrector': 'none'}),
+    ('ve', {'predictor': 'none', 'corrector': 'langevin', 'n_corrector_steps': 5}),  # annealed Langevin dynamics
+], ids=['vp-reverse-langevin', 'subvp-reverse-2-langevin', 've-ancestral', 've-langevin-only'])
+def test_every_predictor_and_corrector_reproduces_the_distribution(kind, pc):
+    # Through the 1-level chain (lift included). Measured at 200 steps: covariance errors 0.023-0.042; annealed
+    # Langevin alone needs its 5 steps per level (with 1 or 2 the variance lags by orders of magnitude).
+    sde, case = SDE(kind), _case('pooling1', 1)
+    mean_err, cov_err = _run(sde, case, _pc(kind, num_steps=200, **pc), case.subspace(CUTOFFS[1]))
+    assert cov_err < 0.07 and mean_err < 0.03, (mean_err, cov_err)

@@ -57,8 +57,13 @@ class Diffusion:
         return x if self.sharding is None else jax.lax.with_sharding_constraint(x, self.sharding)
 
     def prior(self, key, batch_size: int):
-        """A draw of the prior at T in level-K coordinates, (B, *level_shape(K))."""
-        return self.sde.prior_sample(key, (batch_size,) + self.level_shape(self.num_levels), self.dtype)
+        """A draw of the prior at T in full space, (B, *shape): every method and space starts from it (`down`)."""
+        return self.sde.prior_sample(key, (batch_size,) + self.shape, self.dtype)
+
+    def down(self, x, k: int):
+        """Full-space x (B, *shape) -> level-k coordinates U_k^T x (k = 0: x). The prior's image is the level-k
+        prior, U_k having orthonormal columns, so full space and every chain start from the same draw."""
+        return self.subspace.chain.down(x, k) if k else x
 
     def noise(self, key, batch_size: int, k: int = 0):
         """Standard normal (B, *level_shape(k))."""
@@ -67,6 +72,13 @@ class Diffusion:
     def lift(self, x, k: int, t, key):
         """Level-k state at time t -> level k-1 with fresh noise in the new directions (SPEC section 3, step 4)."""
         return self.subspace.lift(self.sde, x, k, t, self.noise(key, x.shape[0], k - 1))
+
+    def labelled(self, labels) -> 'Diffusion':
+        """The process of samples with class labels (B,): lifts from each one's class statistics where the chain has
+        them (`Subspace.labelled`), else this process."""
+        if self.subspace is None or not self.subspace.has_class_stats:
+            return self
+        return dataclasses.replace(self, subspace=self.subspace.labelled(labels))
 
     def level(self, k: int) -> 'Diffusion':
         """Level k of the chain on its own: a full-space diffusion of level-k coordinates (k = 0: self)."""

@@ -6,7 +6,7 @@ n_k, or the exact trace for small n_k) and the closed-form Gaussian pieces, whic
 """
 import dataclasses
 import math
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -19,10 +19,21 @@ TRACES = ('rademacher', 'gaussian', 'exact')
 
 @dataclasses.dataclass(frozen=True)
 class Tolerance:
-    """Error control of the adaptive Dormand-Prince solver: relative and absolute tolerance."""
+    """Error control of the adaptive Dormand-Prince solver: relative and absolute tolerance, and its step limit."""
 
     rtol: float = 1e-5
     atol: float = 1e-5
+    max_steps: int = 4096
+
+
+class SolveStats(NamedTuple):
+    """What an adaptive solve did: drift evaluations, steps (accepted and rejected), the time it reached, and
+    whether that is the end time (False: it stopped at `max_steps`, and its result must not be used)."""
+
+    n_evals: jax.Array
+    n_steps: jax.Array
+    t: jax.Array
+    finished: jax.Array
 
 # Dormand-Prince 5(4) tableau: nodes, stage weights, 5th-order weights, and 5th-minus-4th-order weights.
 _C = (0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0)
@@ -35,6 +46,19 @@ _E = (35 / 384 - 5179 / 57600, 0.0, 500 / 1113 - 7571 / 16695, 125 / 192 - 393 /
       -2187 / 6784 + 92097 / 339200, 11 / 84 - 187 / 2100, -1 / 40)
 
 
+class SolverStopped(ValueError):
+    """An adaptive solve hit its step limit before its end time: its result is not used."""
+
+
+def require_finished(stats: SolveStats, tolerance: Tolerance, what: str, end: float):
+    """Raise SolverStopped (one line naming the setting to raise) unless every solve in `stats` reached `end`."""
+    if not bool(jnp.all(stats.finished)):
+        raise SolverStopped(
+            f'the {what} solver stopped at its step limit ({tolerance.max_steps} steps) at t = '
+            f'{float(jnp.max(stats.t)):.4g} before reaching t = {end:g}: its result is not used; raise '
+            f'config.eval.ode_max_steps, or loosen config.eval.ode_rtol / ode_atol')
+
+
 def _axpy(y, ks, coeffs, h):
     """y + h sum_i c_i k_i over pytrees."""
     def comb(y, *k):
@@ -42,11 +66,13 @@ def _axpy(y, ks, coeffs, h):
     return jax.tree.map(comb, y, *ks)
 
 
-def odeint(fn: Callable, y0, t0: float, t1: float, rtol: float = 1e-5, atol: float = 1e-5, max_steps: int = 4096):
-    """Adaptive Dormand-Prince 5(4) solve of dy/dt = fn(y, t) from t0 to t1 (either direction) -> (y1, n_evals).
+def odeint(fn: Callable, y0, t0: float, t1: float, tolerance: Tolerance = Tolerance()):
+    """Adaptive Dormand-Prince 5(4) solve of dy/dt = fn(y, t) from t0 to t1 (either direction) -> (y, SolveStats).
 
-    Jittable (`lax.while_loop`); error control by the RMS of err / (atol + rtol max(|y|, |y_new|)).
+    Jittable (`lax.while_loop`); error control by the RMS of err / (atol + rtol max(|y|, |y_new|)). After
+    `tolerance.max_steps` steps it stops where it is: `SolveStats.finished` says whether it reached t1.
     """
+    rtol, atol, max_steps = tolerance.rtol, tolerance.atol, tolerance.max_steps
     direction = 1.0 if t1 >= t0 else -1.0
 
     def error_ratio(y, y_new, err):
@@ -70,15 +96,18 @@ def odeint(fn: Callable, y0, t0: float, t1: float, rtol: float = 1e-5, atol: flo
         return (jnp.where(accept, t + h, t), pick(y_new, y), h * factor, pick(ks[6], k1),
                 n_evals + 6, n_steps + 1)
 
+    def remaining(t):
+        return direction * (t1 - t) > 1e-9 * max(abs(t1), abs(t0), 1.0)
+
     def not_done(state):
         t, _, _, _, _, n_steps = state
-        return (direction * (t1 - t) > 1e-9 * max(abs(t1), abs(t0), 1.0)) & (n_steps < max_steps)
+        return remaining(t) & (n_steps < max_steps)
 
     h0 = direction * 1e-2 * abs(t1 - t0)
     dtype = jax.tree.leaves(y0)[0].dtype
     init = (jnp.asarray(t0, dtype), y0, jnp.asarray(h0, dtype), fn(y0, jnp.asarray(t0, dtype)), 1, 0)
-    t, y, _, _, n_evals, _ = jax.lax.while_loop(not_done, step, init)
-    return y, n_evals
+    t, y, _, _, n_evals, n_steps = jax.lax.while_loop(not_done, step, init)
+    return y, SolveStats(n_evals, n_steps, t, ~remaining(t))
 
 
 def _divergence(fn, x, probe, trace):
@@ -129,7 +158,7 @@ def ode_drift_and_div(diffusion: Diffusion, level_scores: Sequence[Callable], pr
 
 def log_likelihood(key, x, diffusion: Diffusion, level_scores: Sequence[Callable], trace: str = 'rademacher',
                    eps: float = LIKELIHOOD_EPS, tolerance: Tolerance = Tolerance()):
-    """(log p(x) in model space (nats, (B,)), x_T (B, ...), solver NFE) by the probability-flow ODE from eps to T.
+    """(log p(x) in model space (nats, (B,)), x_T (B, ...), SolveStats) by the probability-flow ODE from eps to T.
 
     eps is 1e-5 for every SDE by default, as score-SDE's likelihood; it is not the sampling eps.
     """
@@ -142,22 +171,18 @@ def log_likelihood(key, x, diffusion: Diffusion, level_scores: Sequence[Callable
             'exact': lambda k, s: None}[trace]
     probes = [draw(keys[k], (x.shape[0],) + diffusion.level_shape(k)) for k in range(K + 1)]
     fn = ode_drift_and_div(diffusion, level_scores, probes, trace)
-    (z, delta), n_evals = odeint(fn, (x, jnp.zeros(x.shape[0], x.dtype)), eps, diffusion.sde.T, tolerance.rtol,
-                                 tolerance.atol)
-    return diffusion.sde.prior_logp(z) + delta, z, n_evals
+    (z, delta), stats = odeint(fn, (x, jnp.zeros(x.shape[0], x.dtype)), eps, diffusion.sde.T, tolerance)
+    return diffusion.sde.prior_logp(z) + delta, z, stats
 
 
-def ode_sample(key, batch_size: int, diffusion: Diffusion, level_scores: Sequence[Callable], tolerance: Tolerance,
-               eps: float):
-    """Adaptive probability-flow ODE sample from the prior at T down to eps -> (x (B, *shape), eps, solver NFE).
+def ode_sample(x_T, diffusion: Diffusion, level_scores: Sequence[Callable], tolerance: Tolerance, eps: float):
+    """Adaptive probability-flow ODE solve from a prior draw x_T (B, *shape) at T down to eps -> (x, SolveStats).
 
     The state is full-space throughout: the implicit subspace score of the active level drives it.
     """
     fn = ode_drift_and_div(diffusion, level_scores, [None] * (diffusion.num_levels + 1), 'none')
-    x = diffusion.sde.prior_sample(key, (batch_size,) + diffusion.shape, diffusion.dtype)
-    (x, _), n_evals = odeint(fn, (x, jnp.zeros(batch_size, diffusion.dtype)), diffusion.sde.T, eps, tolerance.rtol,
-                             tolerance.atol)
-    return diffusion.constrain(x), eps, n_evals
+    (x, _), stats = odeint(fn, (x_T, jnp.zeros(x_T.shape[0], x_T.dtype)), diffusion.sde.T, eps, tolerance)
+    return diffusion.constrain(x), stats
 
 
 def bits_per_dim(logp, dim: int, centered: bool):

@@ -59,13 +59,14 @@ def stage_bounds(diffusion: Diffusion, eps: float) -> list:
     return list(zip(r[:-1], r[1:]))
 
 
-def stage_steps(solver: str, cfg: ODEConfig, bounds, costs) -> list:
-    """Steps of each stage (K..0), at least one, spending about cfg.nfe_budget effective NFE; costs = n_k / d."""
+def stage_steps(solver: str, cfg: ODEConfig, bounds, costs, denoise: bool = True) -> list:
+    """Steps of each stage (K..0), at least one, spending about cfg.nfe_budget effective NFE (the final denoising
+    call at level 0 included when `denoise`); costs = n_k / d."""
     calls = SOLVERS[solver]
     shares = np.array([math.log(hi / lo) for hi, lo in bounds])
     shares /= shares.sum()
     costs = np.asarray(costs, np.float64)
-    spend = cfg.nfe_budget - 1.0  # the final denoising call at level 0
+    spend = cfg.nfe_budget - float(denoise)
     if cfg.budget_rule == 'log_sigma':
         steps = shares * spend / (calls * np.sum(shares * costs))
     else:
@@ -81,18 +82,20 @@ def stage_grid(solver: str, r_start: float, r_end: float, n: int, rho: float) ->
     return np.exp(np.log(r_start) + u * (np.log(r_end) - np.log(r_start)))
 
 
-def plan(diffusion: Diffusion, solver: str, cfg: ODEConfig, eps: float) -> ODEPlan:
-    """The grids of `solver` (a key of SOLVERS) for the budget, from T to eps, and its network calls per level."""
+def plan(diffusion: Diffusion, solver: str, cfg: ODEConfig, eps: float, denoise: bool = True) -> ODEPlan:
+    """The grids of `solver` (a key of SOLVERS) for the budget, from T to eps, and its network calls per level
+    (the budget keeps one level-0 call for the final denoising step when `denoise`)."""
     bounds = stage_bounds(diffusion, eps)
     levels = range(diffusion.num_levels, -1, -1)
-    steps = stage_steps(solver, cfg, bounds, [diffusion.cost(k) for k in levels])
+    steps = stage_steps(solver, cfg, bounds, [diffusion.cost(k) for k in levels], denoise)
     grids = tuple(stage_grid(solver, hi, lo, n, cfg.rho) for (hi, lo), n in zip(bounds, steps))
     return ODEPlan(solver, grids, {k: SOLVERS[solver] * n for k, n in zip(levels, steps)})
 
 
-def ode_solve(key, batch_size: int, diffusion: Diffusion, score_fns: Sequence[Callable], plan: ODEPlan,
+def ode_solve(key, x_top, diffusion: Diffusion, score_fns: Sequence[Callable], plan: ODEPlan,
               impose: Optional[Callable] = None):
-    """Fixed-step probability-flow ODE solve across the chain -> (x (B, *shape) at the grid's end, its time).
+    """Fixed-step probability-flow ODE solve across the chain from x_top (B, *level-K shape) at the first grid
+    point -> (x (B, *shape) at the grid's end, its time); `key` drives the lifts and the hook.
 
     `impose(key, x, k, t)`, if given, maps the level-k state (in x, not y) after the prior draw, every
     step and every lift, as in the PC sampler (conditional.py).
@@ -148,8 +151,7 @@ def ode_solve(key, batch_size: int, diffusion: Diffusion, score_fns: Sequence[Ca
 
     key, k0 = jax.random.split(key)
     r_top = jnp.asarray(plan.grids[0][0], dtype)
-    y = diffusion.constrain(imposed(jax.random.fold_in(k0, 1), diffusion.prior(k0, batch_size) / sde.alpha(sde.T),
-                                    K, r_top))
+    y = diffusion.constrain(imposed(k0, x_top / sde.alpha(sde.t_of_noise_ratio(r_top)), K, r_top))
     for stage, k in enumerate(range(K, -1, -1)):
         y = run_stage(k, y, jax.random.fold_in(key, stage), plan.grids[stage])  # the hook's keys only
         if k == 0:

@@ -115,9 +115,10 @@ def calls_per_level(cfg: PCConfig, diffusion: Diffusion, eps: float) -> dict:
     return calls
 
 
-def pc_sample(key, batch_size: int, diffusion: Diffusion, score_fns: Sequence[Callable], cfg: PCConfig, eps: float,
+def pc_sample(key, x_top, diffusion: Diffusion, score_fns: Sequence[Callable], cfg: PCConfig, eps: float,
               impose: Optional[Callable] = None):
-    """Multi-level PC sampler from T to eps -> (x (B, *shape) at eps in model space, eps); score_fns[k]: level-k score.
+    """Multi-level PC sampler from the prior draw x_top (B, *level-K shape) at T to eps -> (x (B, *shape) at eps in
+    model space, eps); score_fns[k]: level-k score; `key` drives every later move.
 
     `impose(key, x, k, t)`, if given, maps the level-k state at time t after every move (the prior draw,
     each corrector and predictor step, each lift), e.g. to keep a known part (conditional.py).
@@ -152,8 +153,8 @@ def pc_sample(key, batch_size: int, diffusion: Diffusion, score_fns: Sequence[Ca
         (x, key), _ = jax.lax.scan(body, (x, key), steps)
         return x, key
 
-    key, k0, ki = jax.random.split(key, 3)
-    x = diffusion.constrain(impose(ki, diffusion.prior(k0, batch_size), K, float(grid[0])))
+    key, ki = jax.random.split(key)
+    x = diffusion.constrain(impose(ki, x_top, K, float(grid[0])))
     for k in range(K, -1, -1):
         start, stop = spans[k]
         last = stop - 1 if k == 0 else stop  # the last grid point gets no predictor step

@@ -14,7 +14,7 @@ import dataclasses
 import hashlib
 import json
 import math
-from typing import Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import jax.numpy as jnp
 import numpy as np
@@ -218,9 +218,18 @@ def _top_eigvecs(second_moment, n):
     return (v * signs).astype(np.float32)
 
 
+def _check_fit(vectors: int, kept: int, what: str, unit: str):
+    """A PCA that keeps more directions than it has vectors would pick the rest arbitrarily (zero eigenvalues)."""
+    if vectors < kept:
+        raise ValueError(f'{what} keeps {kept} directions but is fitted on {vectors} {unit}: beyond their span the '
+                         f'basis would be arbitrary; fit it on at least {kept} (more images, or a larger '
+                         f'subspace.fit_examples)')
+
+
 def fit_pca_chain(data, dims) -> MatrixChain:
     """PCA chain from data (N, *shape): level k keeps the top dims[k-1] right singular vectors of level k-1 data."""
     data = np.asarray(data, np.float64)
+    _check_fit(data.shape[0], max(dims), 'the PCA chain', 'example(s)')
     coords = data.reshape(data.shape[0], -1)
     rel = []
     for n in dims:
@@ -237,9 +246,11 @@ def fit_patch_pca_chain(data, levels: int, patch: int = 2) -> PatchChain:
     check_image_levels(image_shape, levels, patch, 'patch-PCA')
     c = data.shape[-1]
     bases = []
-    for _ in range(levels):
+    for k in range(1, levels + 1):
         patches = np.asarray(_patchify(data, patch))
         vecs = patches.reshape(-1, patches.shape[-1])
+        _check_fit(len(vecs), c, f'level {k} of the patch-PCA chain',
+                   f'patch(es) ({len(vecs) // len(data)} per image)')
         b = _top_eigvecs(vecs.T @ vecs / vecs.shape[0], c)
         bases.append(b)
         data = patches @ b
@@ -263,12 +274,24 @@ def make_chain(kind: str, image_shape, levels: int, data=None, patch: int = 2) -
 
 @dataclasses.dataclass
 class PieceStats:
-    """Data statistics per discarded piece W_j: mu[j-1] in level-(j-1) coordinates, sigma_perp[j-1] a scalar."""
+    """Data statistics per discarded piece W_j: mu[j-1] in level-(j-1) coordinates, sigma_perp[j-1] a scalar; and,
+    measured with class labels (subspace.class_stats), the same per class c: class_mu[j-1][c], class_sigma_perp[c]."""
 
     mu: list
     sigma_perp: np.ndarray
     rms_distance: np.ndarray  # sqrt(E||x0 - P_k x0||^2 / (d - n_k)), k = 1..K (SPEC section 2 table)
     signature: dict
+    class_mu: Optional[list] = None  # [(C, *shapes[j-1]) for j = 1..K]
+    class_sigma_perp: Optional[np.ndarray] = None  # (C, K)
+
+    @property
+    def num_classes(self) -> int:
+        """C of the per-class statistics (0 without them)."""
+        return 0 if self.class_sigma_perp is None else len(self.class_sigma_perp)
+
+    def dataset_wide(self) -> 'PieceStats':
+        """These statistics without the per-class ones (every lift from the whole data set's)."""
+        return dataclasses.replace(self, class_mu=None, class_sigma_perp=None)
 
     def check(self, chain: Chain):
         """Raise a clear error when these statistics were measured for another chain."""
@@ -278,31 +301,64 @@ class PieceStats:
                              f'beside the others, one file per chain), or point subspace.stats_path at them')
 
 
-def compute_stats(chain: Chain, batches) -> PieceStats:
-    """Streaming mu_j, sigma_perp_j and RMS distances from an iterable of (B, *shapes[0]) batches in model space."""
+def compute_stats(chain: Chain, batches, num_classes: int = 0) -> PieceStats:
+    """Streaming mu_j, sigma_perp_j and RMS distances from an iterable of (B, *shapes[0]) batches in model space;
+    num_classes > 0: batches are (images, labels (B,) int in [0, num_classes)) and each class's are measured too."""
     K = chain.num_levels
     sums = [np.zeros(chain.shapes[j - 1]) for j in range(1, K + 1)]
     sq = np.zeros(K)
     count = 0
+    sums_c = [np.zeros((num_classes,) + tuple(chain.shapes[j - 1])) for j in range(1, K + 1)]
+    sq_c, counts = np.zeros((num_classes, K)), np.zeros(num_classes)
     for x in batches:
+        x, labels = x if num_classes else (x, None)
         x = jnp.asarray(x, jnp.float32)
         chain.check_level(x, 0)
+        onehot = None if labels is None else _one_hot(labels, num_classes, x.shape[0])
         level = x
         for j in range(1, K + 1):
             r = np.asarray(chain.new_dirs(level, j), np.float64)
             sums[j - 1] += r.sum(axis=0)
             sq[j - 1] += (r ** 2).sum()
+            if onehot is not None:
+                sums_c[j - 1] += np.tensordot(onehot, r, axes=1)
+                sq_c[:, j - 1] += onehot @ (r ** 2).reshape(len(r), -1).sum(axis=1)
             level = chain.down1(level, j)
         count += x.shape[0]
+        if onehot is not None:
+            counts += onehot.sum(axis=1)
     if count == 0:
         raise ValueError('no data: the batch iterator for subspace statistics was empty')
+    mu, sigma_perp, rms = _moments(chain, sums, sq, count)
+    stats = PieceStats(mu=mu, sigma_perp=sigma_perp, rms_distance=rms, signature=chain.signature())
+    if not num_classes:
+        return stats
+    empty = np.flatnonzero(counts == 0)
+    if empty.size:
+        raise ValueError(f'class {int(empty[0])} has no training image: per-class statistics need every class of '
+                         f'0..{num_classes - 1} (config.model.num_classes) in the data')
+    per_class = [_moments(chain, [s[c] for s in sums_c], sq_c[c], counts[c]) for c in range(num_classes)]
+    return dataclasses.replace(stats, class_mu=[np.stack([m[0][j] for m in per_class]) for j in range(K)],
+                               class_sigma_perp=np.stack([m[1] for m in per_class]))
+
+
+def _one_hot(labels, num_classes: int, batch: int) -> np.ndarray:
+    """(C, B) float64 indicator of labels (B,) in [0, num_classes); ValueError naming a label out of range."""
+    labels = np.asarray(labels)
+    if labels.shape != (batch,) or (labels.size and not 0 <= labels.min() <= labels.max() < num_classes):
+        raise ValueError(f'class labels of the data must be {batch} integers in [0, {num_classes}) '
+                         f'(config.model.num_classes={num_classes}), got {labels.min()}..{labels.max()}')
+    return (np.arange(num_classes)[:, None] == labels[None]).astype(np.float64)
+
+
+def _moments(chain: Chain, sums, sq, count):
+    """(mu_j float32, sigma_perp_j, RMS distances) from the sums of the dropped components over `count` images."""
     mu = [s / count for s in sums]
-    dims = np.array([chain.piece_dim(j) for j in range(1, K + 1)])
+    dims = np.array([chain.piece_dim(j) for j in range(1, chain.num_levels + 1)])
     second = sq / count
     var = (second - np.array([(m ** 2).sum() for m in mu])) / dims
     rms = np.sqrt(np.cumsum(second) / np.cumsum(dims))
-    return PieceStats(mu=[m.astype(np.float32) for m in mu], sigma_perp=np.sqrt(np.maximum(var, 0)),
-                      rms_distance=rms, signature=chain.signature())
+    return [m.astype(np.float32) for m in mu], np.sqrt(np.maximum(var, 0)), rms
 
 
 def check_cutoffs(cutoffs: Sequence[float], num_levels: int, T: float = 1.0) -> tuple:
@@ -331,11 +387,13 @@ def describe_chain(chain: Chain, cutoffs=None) -> str:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Subspace:
-    """Chain, piece statistics and cutoffs of subspace diffusion (SPEC sections 2 and 3), checked once."""
+    """Chain, piece statistics and cutoffs of subspace diffusion (SPEC sections 2 and 3), checked once; `labels`:
+    the class labels (B,) of the samples drawn, whose lifts then use their class's statistics (`labelled`)."""
 
     chain: Chain
     stats: PieceStats
     cutoffs: tuple
+    labels: Any = None
 
     def __post_init__(self):
         self.stats.check(self.chain)
@@ -354,13 +412,47 @@ class Subspace:
         """Active level k of time t: t in (t_k, t_{k+1}] (Python floats, or traced scalars -> int32)."""
         return sum((t > c) * 1 for c in self.cutoffs)
 
+    @property
+    def has_class_stats(self) -> bool:
+        """Whether the statistics hold per-class ones (measured with labels, subspace.class_stats)."""
+        return self.stats.class_mu is not None
+
+    def labelled(self, labels) -> 'Subspace':
+        """This subspace for samples of class labels (B,) int: piece c's statistics for a sample of class c, the
+        whole data set's for label num_classes (no label). Exact for per-class Gaussians (SPEC section 5)."""
+        if not self.has_class_stats:
+            raise ValueError('per-class lifts need per-class statistics: measure them with '
+                             'config.subspace.class_stats=True (main.py --mode=subspace_stats)')
+        return dataclasses.replace(self, labels=labels)
+
     def mu_full(self, j: int):
         """mu_j embedded in full space, shape shapes[0]."""
         return self.chain.up(jnp.asarray(self.stats.mu[j - 1])[None], j - 1)[0]
 
+    def _piece_mean(self, j: int):
+        """mu_j in level-(j-1) coordinates: (1, *shapes[j-1]), or each sample's class's (B, ...) when labelled."""
+        if self.labels is None:
+            return jnp.asarray(self.stats.mu[j - 1])[None]
+        table = jnp.concatenate([jnp.asarray(self.stats.class_mu[j - 1], jnp.float32),
+                                 jnp.asarray(self.stats.mu[j - 1], jnp.float32)[None]])
+        return table[self.labels]
+
+    def _piece_mean_full(self, j: int):
+        """mu_j in full space: (1, *shapes[0]), or (B, ...) when labelled."""
+        if self.labels is None:
+            return self.mu_full(j)[None]
+        return self.chain.up(self._piece_mean(j), j - 1)
+
+    def _piece_sigma(self, j: int):
+        """sigma_perp_j: a float, or each sample's class's (B,) when labelled."""
+        if self.labels is None:
+            return float(self.stats.sigma_perp[j - 1])
+        table = np.append(np.asarray(self.stats.class_sigma_perp)[:, j - 1], self.stats.sigma_perp[j - 1])
+        return jnp.asarray(table, jnp.float32)[self.labels]
+
     def lift_variance(self, sde, j: int, t):
-        """v_j(t) = alpha(t)^2 sigma_perp_j^2 + sigma(t)^2 (SPEC section 3)."""
-        return sde.alpha(t) ** 2 * float(self.stats.sigma_perp[j - 1]) ** 2 + sde.sigma(t) ** 2
+        """v_j(t) = alpha(t)^2 sigma_perp_j^2 + sigma(t)^2 (SPEC section 3); per sample (B,) when labelled."""
+        return sde.alpha(t) ** 2 * self._piece_sigma(j) ** 2 + sde.sigma(t) ** 2
 
     def implicit_score(self, sde, level_score: Callable, k: int) -> Callable:
         """Full-space score s(x, t) on (t_k, t_{k+1}] from the level-k score (SPEC section 3); x (B, *shapes[0])."""
@@ -370,7 +462,7 @@ class Subspace:
             s = chain.up(level_score(chain.down(x, k), t), k)
             alpha = sde.alpha(t)
             for j in range(1, k + 1):
-                resid = chain.piece(x, j) - bcast(alpha, x) * self.mu_full(j)[None]
+                resid = chain.piece(x, j) - bcast(alpha, x) * self._piece_mean_full(j)
                 s = s - resid / bcast(self.lift_variance(sde, j, t), x)
             return s
 
@@ -379,10 +471,13 @@ class Subspace:
     def lift(self, sde, x, k: int, t, noise):
         """Level-k state x at time t -> level k-1: U_{k|k-1} x + new directions of (alpha mu_k + sqrt(v_k) noise).
 
-        noise (B, *shapes[k-1]) is standard normal; the result is exact for the SPEC section 5 case.
+        noise (B, *shapes[k-1]) is standard normal; the result is exact for the SPEC section 5 case (per class, with
+        per-class statistics, when labelled).
         """
-        inject = sde.alpha(t) * jnp.asarray(self.stats.mu[k - 1])[None] + jnp.sqrt(
-            self.lift_variance(sde, k, t)) * noise
+        scale = jnp.sqrt(self.lift_variance(sde, k, t))
+        if self.labels is not None:
+            scale = bcast(scale, noise)
+        inject = sde.alpha(t) * self._piece_mean(k) + scale * noise
         return self.chain.up1(x, k) + self.chain.new_dirs(inject, k)
 
     def lift_to_full(self, sde, x, k: int, t, noise):

@@ -20,7 +20,9 @@ BPD_STREAM = 4  # fold_in index of bits/dim randomness (training uses 0..2, samp
 
 
 def bpd_function(settings: Settings, diffusion: Diffusion, build_scores):
-    """Jitted (params, key, x01 (B, H, W, C) in [0,1]) -> (bits/dim (B,), ODE NFE): dequantise, scale, integrate."""
+    """Jitted (params, key, x01 (B, H, W, C) in [0,1]) -> (bits/dim (B,), SolveStats): dequantise, scale, integrate.
+
+    A solve stopped by its step limit must be refused by the caller (`likelihood.require_finished`)."""
     ev = settings.eval
     scaler = data.get_scaler(settings.data.centered)
 
@@ -28,9 +30,9 @@ def bpd_function(settings: Settings, diffusion: Diffusion, build_scores):
     def batch_bpd(params, key, x01):
         kd, kl = jax.random.split(key)
         x = scaler(likelihood.dequantize(x01, jax.random.uniform(kd, x01.shape, x01.dtype)))
-        logp, _, n_evals = likelihood.log_likelihood(kl, x, diffusion, build_scores(params), eps=ev.likelihood_eps,
-                                                     tolerance=ev.tolerance)
-        return likelihood.bits_per_dim(logp, math.prod(x.shape[1:]), settings.data.centered), n_evals
+        logp, _, stats = likelihood.log_likelihood(kl, x, diffusion, build_scores(params), eps=ev.likelihood_eps,
+                                                   tolerance=ev.tolerance)
+        return likelihood.bits_per_dim(logp, math.prod(x.shape[1:]), settings.data.centered), stats
 
     return batch_bpd
 
@@ -55,9 +57,10 @@ def split_bpd(settings: Settings, diffusion: Diffusion, build_scores, params, me
             # Padded to the compiled batch size (and a multiple of the devices); padded rows are dropped.
             padded = parallel.pad_rows(chunk, bs)
             x = jax.make_array_from_callback(padded.shape, sharding, lambda idx: padded[idx])
-            bpd, n = batch_bpd(params, jax.random.fold_in(jax.random.fold_in(key, r), i), x)
+            bpd, stats = batch_bpd(params, jax.random.fold_in(jax.random.fold_in(key, r), i), x)
+            likelihood.require_finished(stats, ev.tolerance, 'likelihood ODE', settings.sde.T)
             values.append(parallel.gather(bpd)[:len(chunk)])
-            n_evals.append(int(n))
+            n_evals.append(int(stats.n_evals))
             done = r * n_batches + i + 1
             per_batch = (time.perf_counter() - t_start) / done
             logging.info('bits/dim batch %d/%d  %.1f examples/s  ETA %s  running mean %.4f', done, total,

@@ -31,6 +31,10 @@ KID_REFERENCE_FEATURES = 10_000  # reference features kept for KID (its subsets 
 INCEPTION_BATCH = 200  # images per Inception call (299 px activations dominate memory)
 CLASSIFIERS = {'digits': classifier.MLP, 'mnist': classifier.CNN, 'fashionmnist': classifier.CNN}
 KID_FEATURES = ('classifier', 'inception')  # feature sets whose KID is reported
+# Below this test accuracy (chance is 10%) the classifier has not learned the classes, most likely from damaged or
+# foreign labels: every sample would look alike in its features, and its Frechet distance would call garbage good.
+MIN_CLASSIFIER_ACCURACY = 0.5
+MIN_REFERENCE_IMAGES = 2  # a covariance needs two; a meaningful one far more than the feature dimension
 
 
 def _batched(fn, images, batch):
@@ -60,6 +64,11 @@ def read_inception(path) -> dict:
     return inception.params_from_state_dict(state_dict, f'FID Inception weights {path}')
 
 
+def _finite(ref: dict) -> bool:
+    """Whether every numeric array of a set of reference statistics is finite."""
+    return all(np.isfinite(v).all() for v in ref.values() if np.issubdtype(v.dtype, np.number))
+
+
 class ClassifierFeatures:
     """The dataset's cached classifier as a feature extractor: __call__ uint8 (N, H, W, C) -> (N, D)."""
 
@@ -77,13 +86,25 @@ class ClassifierFeatures:
         if arrays is not None:
             self.test_accuracy = float(arrays.pop('test_accuracy'))
             self.params = {k: jnp.asarray(v) for k, v in arrays.items()}
+            self._check_accuracy(d, f', then delete the cached classifier {path}')
         else:
             self.params, self.test_accuracy = self._train(d)
+            self._check_accuracy(d, '')  # not cached: a fixed data set trains it anew
             if parallel.is_main_process():
                 atomic_npz(path, test_accuracy=self.test_accuracy, **self.params)
             logging.info('trained the %s classifier of %s (test accuracy %.4f), cached at %s', self.spec.kind,
                          d.dataset, self.test_accuracy, path)
         self._fn = jax.jit(lambda x: classifier.features(self.spec, self.params, x))
+        self._logits = jax.jit(lambda x: classifier.logits(self.spec, self.params, x))
+
+    def _check_accuracy(self, d, then: str):
+        """Refuse a classifier that has not learned the classes: distances in its features would mean nothing."""
+        if self.test_accuracy < MIN_CLASSIFIER_ACCURACY:
+            raise ValueError(f'the {self.spec.kind} classifier of {d.dataset} classifies only {self.test_accuracy:.1%} '
+                             f'of the test images right (the floor for its Frechet distance and KID is '
+                             f'{MIN_CLASSIFIER_ACCURACY:.0%}, chance 10%), so it would call any samples good: the '
+                             f'labels of {d.data_dir or d.dataset} are damaged or foreign, or the images too small to '
+                             f'tell the classes apart; use the canonical label files or a larger data.image_size{then}')
 
     def _train(self, d):
         logging.info('training the %s classifier of %s for the classifier Frechet distance (%d steps) ...',
@@ -103,6 +124,11 @@ class ClassifierFeatures:
     def __call__(self, images) -> np.ndarray:
         x = classifier.pixel_features(images).reshape(np.shape(images))
         return _batched(lambda b: (self._fn(jnp.asarray(b)),), x, 1000)[0]
+
+    def predict(self, images) -> np.ndarray:
+        """The class (N,) it sees in each of the uint8 images (N, H, W, C)."""
+        x = classifier.pixel_features(images).reshape(np.shape(images))
+        return _batched(lambda b: (self._logits(jnp.asarray(b)),), x, 1000)[0].argmax(axis=1)
 
 
 class Scorer:
@@ -156,6 +182,10 @@ class Scorer:
             n += len(batch)
             if (i + 1) % 20 == 0:
                 logging.info('reference features: %d images (%.0f images/s)', n, n / (time.perf_counter() - t0))
+        if n < MIN_REFERENCE_IMAGES:
+            raise ValueError(f'the {split} split of {d.dataset} holds {n} image(s): reference statistics (a mean and a '
+                             f'covariance) need at least {MIN_REFERENCE_IMAGES}, and a meaningful distance thousands: '
+                             f'use more images')
         feats = {name: np.concatenate([p[name] for p in parts]) for name in parts[0] if name != 'inception_logits'}
         arrays = {'split': np.array(split), 'num_examples': np.array(n)}
         for name, f in feats.items():
@@ -176,8 +206,12 @@ class Scorer:
         if self.settings.eval.ref_stats_path:
             fix = ('point config.eval.ref_stats_path at statistics written by --mode=fid_stats with the same feature '
                    'sets, or leave it empty to compute them into the workdir')
-            return read_npz(self.settings.eval.ref_stats_path, 'reference statistics', fix,
-                            required=('split', 'num_examples', *needed))
+            ref = read_npz(self.settings.eval.ref_stats_path, 'reference statistics', fix,
+                           required=('split', 'num_examples', *needed))
+            if not _finite(ref):
+                raise FileProblem(f'reference statistics {self.settings.eval.ref_stats_path} hold values that are not '
+                                  f'finite (written from too few images?): {fix}')
+            return ref
         path = self._cache_path()
         if not os.path.exists(path):
             logging.info('no reference statistics at %s: computing them (main.py --mode=fid_stats does this alone)',
@@ -189,10 +223,52 @@ class Scorer:
         except FileProblem as e:
             logging.warning('%s; computing them again', e)
             return self.write_reference()
+        if not _finite(ref):
+            logging.warning('%s holds values that are not finite: computing the reference statistics again', path)
+            return self.write_reference()
         if all(k in ref for k in needed):
             return ref
         logging.info('%s lacks %s: recomputing the reference statistics', path, [k for k in needed if k not in ref])
         return self.write_reference()
+
+    def class_reference(self) -> dict:
+        """{'mu_<c>', 'sigma_<c>'}: classifier-feature statistics of each class of eval.ref_split, cached in the
+        workdir as ref_class_stats_<dataset>_<size>_<content id>.npz."""
+        d, split = self.settings.data, self.settings.eval.ref_split
+        path = os.path.join(self.workdir, f'ref_class_stats_{d.dataset}_{d.image_size}_{data.content_id(d, split)}.npz')
+        if os.path.exists(path):
+            try:
+                return read_npz(path, 'per-class reference statistics', 'delete it to compute them again')
+            except FileProblem as e:
+                logging.warning('%s; computing them again', e)
+        images, labels = data.labelled_split(d, split)
+        feats = self.classifier(to_uint8(images))
+        arrays = {}
+        for c in np.unique(labels):
+            arrays[f'mu_{c}'], arrays[f'sigma_{c}'] = fid.feature_stats(feats[labels == c])
+        if parallel.is_main_process():
+            atomic_npz(path, **arrays)
+        return arrays
+
+    def score_classes(self, images, labels) -> dict:
+        """Of class-conditional uint8 samples (N, H, W, C) with requested labels (N,): the share the classifier
+        assigns the requested class, and each requested class's classifier Frechet distance to that class of the
+        reference split (and their mean); a note where the data have no classifier."""
+        if 'classifier' not in self.features:
+            return {'class_metrics': f'skipped: no classifier for {self.settings.data.dataset}'}
+        labels = np.asarray(labels)
+        ref = self.class_reference()
+        feats = self.classifier(images)
+        per_class = {}
+        for c in np.unique(labels):
+            if np.sum(labels == c) >= 2 and f'mu_{c}' in ref:
+                mu, sigma = fid.feature_stats(feats[labels == c])
+                per_class[str(int(c))] = fid.frechet_distance(mu, sigma, ref[f'mu_{c}'], ref[f'sigma_{c}'])
+        out = {'requested_class_accuracy': float(np.mean(self.classifier.predict(images) == labels)),
+               'classifier_fd_per_class': per_class}
+        if per_class:
+            out['classifier_fd_class_mean'] = float(np.mean(list(per_class.values())))
+        return out
 
     def score(self, images) -> dict:
         """Frechet distances (pixel, classifier, Inception), KID and IS of uint8 samples (N, H, W, C)."""

@@ -7,9 +7,12 @@ file, what is wrong and the fix, never a traceback from deep inside numpy, zipfi
 read with `allow_pickle=False`: a file from outside never runs code.
 """
 import contextlib
+import errno
 import json
 import os
 import zipfile
+import zlib
+from typing import Optional
 
 import numpy as np
 
@@ -37,12 +40,13 @@ def guarded(path, what: str, fix: str):
         yield os.fspath(path)
     except FileProblem:
         raise
-    except (OSError, EOFError, ValueError, KeyError, TypeError, IndexError, zipfile.BadZipFile, UnicodeError,
-            json.JSONDecodeError) as e:
+    except (OSError, EOFError, ValueError, KeyError, TypeError, IndexError, zipfile.BadZipFile, zlib.error,
+            UnicodeError, json.JSONDecodeError) as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         if 'allow_pickle' in reason or 'pickled' in reason:
             reason = 'it holds pickled Python objects, which are never loaded'
-        raise FileProblem(f'{what} {path} cannot be read ({type(e).__name__}: {reason[:200]}): {fix}') from None
+        kind = 'corrupt compressed data' if isinstance(e, zlib.error) else type(e).__name__  # zlib's is 'error'
+        raise FileProblem(f'{what} {path} cannot be read ({kind}: {reason[:200]}): {fix}') from None
 
 
 def read_npz(path, what: str, fix: str, required=()) -> dict:
@@ -65,6 +69,20 @@ def read_json(path, what: str, fix: str) -> dict:
     if not isinstance(value, dict):
         raise FileProblem(f'{what} {path} holds a JSON {type(value).__name__}, not an object: {fix}')
     return value
+
+
+def writable(folder) -> Optional[str]:
+    """Create `folder` if needed and write a file into it: None when that works, else why not, in a few words."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        probe = os.path.join(folder, f'.write_test_{os.getpid()}')  # one per process of a multi-host run
+        with open(probe, 'w') as f:
+            f.write('ok')
+        os.remove(probe)
+    except OSError as e:
+        return {errno.ENOTDIR: 'a part of the path is a file', errno.EROFS: 'read-only file system',
+                errno.EACCES: 'permission denied', errno.ENOSPC: 'no space left'}.get(e.errno, e.strerror)
+    return None
 
 
 def atomic_json(path, obj):

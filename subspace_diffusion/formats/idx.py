@@ -16,6 +16,8 @@ from subspace_diffusion.formats.files import FileProblem, guarded
 UBYTE = 0x08
 SPLITS = {'train': 'train', 'test': 't10k'}  # our split -> the IDX file prefix
 MAX_BYTES = 1 << 31  # a header promising more data than this is refused before reading
+CLASSES = 10  # MNIST and Fashion-MNIST label their images 0..9
+FIX = 'replace it with the canonical file (see docs/training.md, "Datasets")'
 
 
 def _open(path):
@@ -26,25 +28,24 @@ def _open(path):
 
 def read_idx(path, ndim: int) -> np.ndarray:
     """The uint8 array of an IDX file with `ndim` dimensions (3: images, 1: labels); FileProblem otherwise."""
-    fix = 'replace it with the canonical file (see the README, "Datasets")'
-    with guarded(path, 'IDX file', fix):
+    with guarded(path, 'IDX file', FIX):
         with _open(path) as f:
             head = f.read(4)
             if len(head) < 4 or head[:2] != b'\x00\x00':
-                raise FileProblem(f'IDX file {path} does not start with an IDX magic number: {fix}')
+                raise FileProblem(f'IDX file {path} does not start with an IDX magic number: {FIX}')
             if head[2] != UBYTE or head[3] != ndim:
                 raise FileProblem(f'IDX file {path} holds {head[3]}-d data of type 0x{head[2]:02x}, expected '
-                                  f'{ndim}-d unsigned bytes (0x08): {fix}')
+                                  f'{ndim}-d unsigned bytes (0x08): {FIX}')
             dims = np.frombuffer(f.read(4 * ndim), '>u4')
             if len(dims) < ndim:
-                raise FileProblem(f'IDX file {path} is truncated inside its header: {fix}')
+                raise FileProblem(f'IDX file {path} is truncated inside its header: {FIX}')
             size = math.prod(int(n) for n in dims)
             if size > MAX_BYTES:
-                raise FileProblem(f'IDX file {path} promises {size} bytes of data: {fix}')
+                raise FileProblem(f'IDX file {path} promises {size} bytes of data: {FIX}')
             data = f.read(size + 1)
         if len(data) != size:
             what = 'truncated' if len(data) < size else 'longer than its header says'
-            raise FileProblem(f'IDX file {path} is {what} ({len(data)} data bytes, the header says {size}): {fix}')
+            raise FileProblem(f'IDX file {path} is {what} ({len(data)} data bytes, the header says {size}): {FIX}')
         return np.frombuffer(data, np.uint8).reshape(tuple(int(n) for n in dims))
 
 
@@ -56,14 +57,23 @@ def find(folder, split: str, kind: str) -> str:
         if os.path.exists(path):
             return path
     raise FileProblem(f'no {stem}[.gz] in {folder} (config.data.data_dir): point it at the folder of the IDX files '
-                      f'(see the README, "Datasets")')
+                      f'(see docs/training.md, "Datasets")')
 
 
 def read_split(folder, split: str):
-    """(images uint8 (N, rows, cols), labels uint8 (N,)) of a split's IDX pair in `folder`, lengths checked."""
-    images = read_idx(find(folder, split, 'images'), 3)
-    labels = read_idx(find(folder, split, 'labels'), 1)
+    """(images uint8 (N, rows, cols), labels uint8 (N,)) of a split's IDX pair in `folder`: at least one image, as
+    many labels, each a class 0..CLASSES-1."""
+    images_path, labels_path = find(folder, split, 'images'), find(folder, split, 'labels')
+    images, labels = read_idx(images_path, 3), read_idx(labels_path, 1)
+    if len(images) == 0:
+        raise FileProblem(f'IDX file {images_path} holds no images (its header says 0): {FIX}')
     if len(images) != len(labels):
         raise FileProblem(f'the {split} IDX files in {folder} disagree: {len(images)} images but {len(labels)} '
                           f'labels: replace them with a matching pair')
+    wrong = labels >= CLASSES
+    if wrong.any():
+        # A metric's classifier trained on them would score its own noise: a damaged or foreign label file.
+        raise FileProblem(f'IDX file {labels_path} has {int(wrong.sum())} label(s) outside the {CLASSES} classes '
+                          f'0..{CLASSES - 1} (the first, {int(labels[wrong][0])}, at row {int(wrong.argmax())}): '
+                          f'{FIX}')
     return images, labels

@@ -4,7 +4,7 @@ import math
 import os
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from subspace_diffusion.formats.files import FileProblem, guarded
 
@@ -28,13 +28,14 @@ def _check_pixels(path, width: int, height: int):
                           f'checked before decoding: resize it or remove it')
 
 
-def read_image(path) -> np.ndarray:
-    """(H, W, C) float32 in [0, 1] at the file's full precision (8- or 16-bit); C is 1, 3 or 4.
+def read_image(path, what: str = 'image', fix: str = 'remove or replace the file') -> np.ndarray:
+    """(H, W, C) float32 in [0, 1] at the file's full precision (8- or 16-bit), upright; C is 1, 3 or 4.
 
-    The pixel count is read from the header and checked against MAX_PIXELS before any decoder allocates.
+    The pixel count is read from the header and checked against MAX_PIXELS before any decoder allocates; an EXIF
+    orientation (a camera's JPEG stored sideways) is applied as viewers apply it. `what` and `fix` name the file's
+    role and the remedy in the one line a bad file gets.
     """
-    fix = 'remove or replace the file'
-    with guarded(path, 'image', fix):
+    with guarded(path, what, fix):
         png = _png_header(path)
         if png is not None:
             _check_pixels(path, png[1], png[2])
@@ -48,6 +49,7 @@ def read_image(path) -> np.ndarray:
             with Image.open(path) as img:
                 _check_pixels(path, *img.size)  # the header only: nothing is decoded yet
                 img.load()
+                img = ImageOps.exif_transpose(img)
                 if img.mode in ('I;16', 'I;16L', 'I;16B', 'I'):
                     return (np.asarray(img, np.float32) / 65535.)[..., None]
                 if img.mode not in ('L', 'RGB', 'RGBA'):
@@ -56,7 +58,7 @@ def read_image(path) -> np.ndarray:
         except FileProblem:
             raise
         except Exception as e:  # noqa: BLE001 -- any undecodable file (PIL, TensorFlow) gets the same answer
-            raise FileProblem(f'cannot read image {path} ({type(e).__name__}: {str(e).splitlines()[0][:160]}): '
+            raise FileProblem(f'cannot read {what} {path} ({type(e).__name__}: {str(e).splitlines()[0][:160]}): '
                               f'{fix}') from None
     return arr[..., None] if arr.ndim == 2 else arr
 

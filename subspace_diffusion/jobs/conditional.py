@@ -4,6 +4,7 @@ The sampler is the factory's sampler of `sampling.method` (PC, Heun or DPM-Solve
 no grid to impose the known part on) with a measurement: the known part replaced after every move.
 """
 import os
+import shutil
 import time
 
 import jax
@@ -12,7 +13,7 @@ from absl import logging
 from PIL import Image
 
 from subspace_diffusion.core import conditional
-from subspace_diffusion.core.sampling import make_sampler
+from subspace_diffusion.core.sampling import below_minimum, make_sampler
 from subspace_diffusion.formats.files import FileProblem
 from subspace_diffusion.formats.images import (
     IMAGE_EXTENSIONS,
@@ -26,23 +27,50 @@ from subspace_diffusion.run import data, loading, statistics
 from subspace_diffusion.run.experiment import Experiment
 from subspace_diffusion.run.settings import Settings
 
+GRID = 'grid.png'  # the overview beside the results: rows input | masked (or grey) | result
+
 
 def load_folder(folder, size, channels):
-    """(file stems, (N, size, size, channels) float32 in [0, 1]) of every image in `folder`, centre-cropped."""
+    """(result names, (N, size, size, channels) float32 in [0, 1]) of every image under `folder`, centre-cropped.
+
+    A result is named by its input's path under `folder`, as .png: inputs of one stem in different subfolders
+    keep apart; two inputs that would share a name (x.png and x.jpg) are refused, never overwritten.
+    """
     if not folder or not os.path.isdir(folder):
         raise FileNotFoundError(f'input folder not found: config.eval.cond_input_dir={folder!r}')
     paths = image_files(folder)
     if not paths:
         raise ValueError(f'no {"/".join(IMAGE_EXTENSIONS)} images in {folder} (config.eval.cond_input_dir)')
-    return [os.path.splitext(os.path.basename(p))[0] for p in paths], load_images(paths, size, channels)
+    names = [os.path.splitext(os.path.relpath(p, folder))[0] + '.png' for p in paths]
+    owner = {GRID: 'the overview grid'}
+    for path, name in zip(paths, names):
+        if name in owner:
+            raise ValueError(f'{path} and {owner[name]} would both be written as {name} (results are named by their '
+                             f'input\'s path under config.eval.cond_input_dir, as .png): rename one of them')
+        owner[name] = path
+    return names, load_images(paths, size, channels)
+
+
+def output_folder(settings: Settings, workdir, task: str) -> str:
+    """<workdir>/<eval.cond_folder or the task>, refused when it holds an earlier run's results (never overwritten)."""
+    name = settings.eval.cond_folder or task
+    out = os.path.join(workdir, name)
+    if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
+        raise ValueError(f'{out} holds the results of an earlier run: set --config.eval.cond_folder to another folder '
+                         f'name to keep both, or move it away to redo them')
+    return out
 
 
 def inpaint_masks(settings: Settings, n, shape):
-    """(n, H, W, 1) masks, 1 = known, from eval.cond_mask: a name of conditional.MASKS or a PNG (white = known)."""
+    """(n, H, W, 1) masks, 1 = known, from eval.cond_mask: a name of conditional.MASKS or a PNG (white and opaque =
+    known; a transparent pixel is to fill in, whatever its colour)."""
     name = settings.eval.cond_mask
     if name.lower().endswith('.png'):
-        fix = 'give a PNG mask of the images\' size, white = known, black = to fill in'
-        mask = to_channels(read_image(name), 1)[..., 0]
+        meaning = 'white = known, black or transparent = to fill in'
+        fix = f'give a PNG mask of the images\' size, {meaning}'
+        image = read_image(name, 'mask image', f'set config.eval.cond_mask to a mask PNG ({meaning}) or to one of '
+                                               f'{", ".join(conditional.MASKS)}')
+        mask = to_channels(image, 1)[..., 0] * (image[..., 3] if image.shape[-1] == 4 else 1.)
         if mask.shape != tuple(shape[:2]):
             raise FileProblem(f'mask image {name} is {mask.shape[1]}x{mask.shape[0]}, the images are '
                               f'{shape[1]}x{shape[0]} (data.image_size): {fix}')
@@ -56,10 +84,12 @@ def inpaint_masks(settings: Settings, n, shape):
 
 
 def _conditional_job(settings: Settings, workdir, task: str):
-    """Inpaint or colourise every image of eval.cond_input_dir; writes <workdir>/<task>/ (per image and grid.png)."""
+    """Inpaint or colourise every image of eval.cond_input_dir; writes <workdir>/<eval.cond_folder or task>/ (one PNG per
+    image, named by its path under the input folder, and grid.png)."""
     c = settings.data.num_channels
     if task == 'colorize' and c != 3:
         raise ValueError(f'colourisation needs colour data (data.num_channels=3), this config has {c} channel(s)')
+    out = output_folder(settings, workdir, task)
     names, images = load_folder(settings.eval.cond_input_dir, settings.data.image_size, c)
     K = settings.subspace.levels
     held = loading.held_levels(workdir)
@@ -68,7 +98,11 @@ def _conditional_job(settings: Settings, workdir, task: str):
     exp = Experiment.build(settings, levels)
     stats = statistics.load(settings, exp.chain, workdir) if levels != (0,) else None
     measurement = conditional.inpainting if task == 'inpaint' else lambda aux: conditional.colorization()
-    sampler = make_sampler(exp.diffusion(stats), settings.sampling, exp.networks.scores, measurement=measurement)
+    diffusion = exp.diffusion(stats)
+    sampler = make_sampler(diffusion, settings.sampling, exp.networks.scores, measurement=measurement)
+    note = below_minimum(diffusion, settings.sampling)
+    if note:
+        logging.info('%s', note)
     n = len(names)
     scaler, inverse = data.get_scaler(settings.data.centered), data.get_inverse_scaler(settings.data.centered)
     if task == 'inpaint':
@@ -90,22 +124,26 @@ def _conditional_job(settings: Settings, workdir, task: str):
         results.append(np.clip(inverse(np.asarray(x)), 0., 1.))
         logging.info('%s: %d/%d images (%.1fs)', task, min(i + bs, n), n, time.perf_counter() - t0)
     results = np.concatenate(results)
-    out = os.path.join(workdir, task)
-    os.makedirs(out, exist_ok=True)
+    # Written beside the workdir's other files and moved into place whole: a killed run leaves no half folder.
+    partial = os.path.join(workdir, f'.{os.path.basename(out)}.partial')
+    shutil.rmtree(partial, ignore_errors=True)
     for name, img in zip(names, np.round(results * 255).astype(np.uint8)):
-        Image.fromarray(img[..., 0] if c == 1 else img).save(os.path.join(out, f'{name}.png'))
-    # One row per image: input | masked (or grey) | result.
+        os.makedirs(os.path.dirname(os.path.join(partial, name)), exist_ok=True)
+        Image.fromarray(img[..., 0] if c == 1 else img).save(os.path.join(partial, name))
     save_image_grid(np.stack([images, shown, results], axis=1).reshape((-1,) + images.shape[1:]),
-                    os.path.join(out, 'grid.png'), ncol=3)
-    logging.info('wrote %d result(s) and grid.png to %s', n, out)
+                    os.path.join(partial, GRID), ncol=3)
+    os.replace(partial, out)
+    logging.info('wrote %d result(s) and %s to %s', n, GRID, out)
     return results
 
 
 def inpaint(settings: Settings, workdir):
-    """Fill in the eval.cond_mask region of every image of eval.cond_input_dir; outputs in <workdir>/inpaint/."""
+    """Fill in the eval.cond_mask region of every image of eval.cond_input_dir; outputs in <workdir>/<eval.cond_folder
+    or inpaint>/."""
     return _conditional_job(settings, workdir, 'inpaint')
 
 
 def colorize(settings: Settings, workdir):
-    """Colourise the grey version of every image of eval.cond_input_dir; outputs in <workdir>/colorize/."""
+    """Colourise the grey version of every image of eval.cond_input_dir; outputs in <workdir>/<eval.cond_folder or
+    colorize>/."""
     return _conditional_job(settings, workdir, 'colorize')

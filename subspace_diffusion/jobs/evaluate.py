@@ -5,7 +5,9 @@ inclusive; -1 = latest): the EMA parameters of every level sampled (0..K with ev
 chain, else level 0 alone; from --workdir or eval.level_workdirs), then
 - eval.num_samples samples of `sampling.method`, drawn resumably in batches (evaluation/shards.py),
 - their quality against the reference statistics (evaluation/quality.py): FID / IS / KID with local Inception
-  weights, the download-free Frechet distances always, plus effective NFE, wall time, samples/s,
+  weights, the download-free Frechet distances always, plus effective NFE, wall time, samples/s; for a
+  class-conditional model, samples of the classes of eval.labels in turn under sampling.guidance, and how
+  often the classifier sees the requested class and each class's classifier Frechet distance,
 - optionally bits/dim of eval.bpd_dataset (evaluation/bpd.py).
 Results go to <workdir>/<eval.folder>/step_<step>/metrics.json and the log.
 """
@@ -15,7 +17,7 @@ import jax
 from absl import logging
 from jax.experimental import multihost_utils
 
-from subspace_diffusion.core.sampling import make_sampler
+from subspace_diffusion.core.sampling import below_minimum, make_sampler
 from subspace_diffusion.evaluation import shards
 from subspace_diffusion.evaluation.bpd import split_bpd
 from subspace_diffusion.evaluation.quality import Scorer
@@ -62,7 +64,11 @@ def evaluate(settings: Settings, workdir) -> list:
     stats = statistics.load(settings, exp.chain, workdir, write=parallel.is_main_process()) if K and levels != (0,) \
         else None
     diffusion = exp.diffusion(stats, parallel.batch_sharding(mesh))
-    sampler = make_sampler(diffusion, settings.sampling, exp.networks.scores) if ev.enable_sampling else None
+    sampler = make_sampler(diffusion, settings.sampling, exp.networks.scores, num_classes=exp.networks.num_classes) \
+        if ev.enable_sampling else None
+    note = below_minimum(diffusion, settings.sampling) if ev.enable_sampling else None
+    if note:
+        logging.info('%s', note)
     logging.info('evaluating steps %s in the %s', steps, exp.describe())
     results = []
     for step in steps:
@@ -79,11 +85,14 @@ def evaluate(settings: Settings, workdir) -> list:
                                          plan))
             if jax.process_count() > 1:  # every process reads the shards that process 0 wrote
                 multihost_utils.sync_global_devices(f'eval samples of step {step} written')
-            images, metrics['nfe_per_sample'] = shards.load(plan)
+            images, cost = shards.load(plan)
+            metrics.update(cost)
             grid = os.path.join(folder, 'samples_grid.png')
             if parallel.is_main_process() and not os.path.exists(grid):
                 save_image_grid(images[:ev.batch_size] / 255., grid)
             metrics.update(scorer.score(images))
+            if plan.labels is not None:
+                metrics.update(guidance=settings.sampling.guidance, **scorer.score_classes(images, plan.labels))
         if ev.enable_bpd:
             metrics.update(split_bpd(settings, diffusion, exp.networks.scores, params, mesh))
         if parallel.is_main_process():

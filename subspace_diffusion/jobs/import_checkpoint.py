@@ -2,9 +2,9 @@
 
 The file is read and checked against the config's level-k network by run/published.py; its weights are
 written as a train-state checkpoint of the workdir, so eval, cutoffs, inpaint and colorize load them like
-trained levels. Importing into a workdir that already holds levels adds this one to them: a new
-checkpoint at a later step, the previous one kept. The optimiser state starts fresh (the reference's Adam
-moments are not carried over).
+trained levels; the settings are recorded with it (config_import.json, run/records.py). Importing into a
+workdir that already holds levels adds this one to them: a new checkpoint at a later step, the previous one
+kept. The optimiser state starts fresh (the reference's Adam moments are not carried over).
 """
 import math
 import os
@@ -14,7 +14,7 @@ import numpy as np
 from absl import logging
 
 from subspace_diffusion.models import convert
-from subspace_diffusion.run import loading
+from subspace_diffusion.run import loading, records
 from subspace_diffusion.run.checkpoints import ARCHIVE, Checkpoints
 from subspace_diffusion.run.experiment import level_shapes
 from subspace_diffusion.run.networks import Networks
@@ -24,16 +24,27 @@ from subspace_diffusion.run.settings import Settings
 from subspace_diffusion.run.train_state import TrainState, checkpoint_meta, make_optimizer
 
 
-def import_checkpoint(settings: Settings, workdir, source: str, level: int, weights: str = 'ema',
-                      dry_run: bool = False):
-    """Write the checkpoint at `source` as level `level` of `workdir` (or, dry run, print the mapping) -> step."""
-    t0 = time.perf_counter()
+def check_arguments(settings: Settings, source: str, level: int):
+    """Raise one ValueError unless a checkpoint file and a level of the config's chain are named."""
+    if not source:
+        raise ValueError('--mode=import needs --import_from: the score_sde_pytorch / subspace-diffusion '
+                         'checkpoint_N.pth to import')
     if level is None:
         raise ValueError('--mode=import needs --import_level: 0 for a full-space network, k for a level-k one')
     K = settings.subspace.levels
     if not 0 <= level <= K:
         raise ValueError(f'--import_level={level} is not a level of the config\'s {K}-level chain: use 0..{K} '
                          f'(or set --config.subspace.levels)')
+    if settings.network.num_classes:
+        raise ValueError(f'config.model.num_classes={settings.network.num_classes}: the published score-SDE and '
+                         f'subspace-diffusion networks are unconditional; import them with model.num_classes=0')
+
+
+def import_checkpoint(settings: Settings, workdir, source: str, level: int, weights: str = 'ema',
+                      dry_run: bool = False):
+    """Write the checkpoint at `source` as level `level` of `workdir` (or, dry run, print the mapping) -> step."""
+    t0 = time.perf_counter()
+    check_arguments(settings, source, level)
     chosen, state_dict, ref_step, decay = read_reference(source, weights)
     probe = Networks.build(settings, dict(enumerate(level_shapes(settings))))
     layout = layout_for_level(state_dict, probe, level)
@@ -57,7 +68,7 @@ def import_checkpoint(settings: Settings, workdir, source: str, level: int, weig
 
 def _write(settings: Settings, workdir, level: int, raw_and_ema, source: dict) -> int:
     """Add level `level` (raw weights as params, chosen weights as EMA) to the workdir's newest checkpoint."""
-    ckpts = Checkpoints(workdir)
+    ckpts = Checkpoints(workdir, record=records.Record.of(settings, 'import'))
     try:
         latest = ckpts.latest_step()
         raws, emas, sources = {}, {}, {}

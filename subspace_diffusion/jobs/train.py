@@ -10,6 +10,7 @@ import math
 import os
 import signal
 import time
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +20,7 @@ from absl import logging
 
 from subspace_diffusion.core.sampling import make_sampler
 from subspace_diffusion.formats.images import save_image_grid
-from subspace_diffusion.run import data, parallel, statistics
+from subspace_diffusion.run import data, parallel, records, statistics
 from subspace_diffusion.run.checkpoints import ARCHIVE, PREEMPT, Checkpoints, SaveFailed
 from subspace_diffusion.run.experiment import Experiment
 from subspace_diffusion.run.progress import fmt_duration
@@ -33,18 +34,22 @@ from subspace_diffusion.run.train_state import (
 )
 
 
-def make_train_step(loss_fn, tx, mesh, schedule, ema_rate: float, seed: int):
+def make_train_step(loss_fn, tx, mesh, schedule, ema_rate: float, seed: int, unrolled: Optional[bool] = None):
     """Jitted (state, batch (n, B, H, W, C)) -> (state, metrics with a leading axis n): n optimiser steps per call.
 
     loss_fn(params, images, key, train) -> (loss, {level: loss}); schedule(step) -> learning rate (logged).
+    A class-conditional model's batch is (images (n, B, H, W, C), labels (n, B)), passed as loss_fn(..., labels=).
+    unrolled: the n steps straight-line (True) or in a `lax.scan` (False); None picks by backend (CPU unrolls).
     """
     base_key = jax.random.fold_in(jax.random.PRNGKey(seed), 1)
     rate = ema_rate
 
-    def one_step(state, images):
+    def one_step(state, batch):
         key = jax.random.fold_in(base_key, state.step)
+        images, labels = batch if isinstance(batch, tuple) else (batch, None)
+        classes = {} if labels is None else {'labels': labels}
         (loss, per_level), grads = jax.value_and_grad(
-            lambda p: loss_fn(p, images, key, train=True), has_aux=True)(state.params)
+            lambda p: loss_fn(p, images, key, train=True, **classes), has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ema = jax.tree.map(lambda e, p: rate * e + (1 - rate) * p, state.ema_params, params)
@@ -56,14 +61,15 @@ def make_train_step(loss_fn, tx, mesh, schedule, ema_rate: float, seed: int):
     # XLA:CPU runs a backward pass inside a while loop ~15x slower than the same code straight-line
     # (measured on the quick config: 3.5 s vs 0.24 s per step; even a 1-step scan stays a loop),
     # so on CPU the steps are unrolled at trace time; accelerators keep the compact lax.scan.
-    unrolled = jax.default_backend() == 'cpu'
+    if unrolled is None:
+        unrolled = jax.default_backend() == 'cpu'
 
     def train_step(state, batch):
         if not unrolled:
             return jax.lax.scan(one_step, state, batch)
         metrics = []
-        for images in batch:
-            state, m = one_step(state, images)
+        for rows in (zip(*batch) if isinstance(batch, tuple) else batch):
+            state, m = one_step(state, rows)
             metrics.append(m)
         return state, jax.tree.map(lambda *m: jnp.stack(m), *metrics)
 
@@ -112,7 +118,7 @@ def train(settings: Settings, workdir):
     parallel.check_batch_size(tr.batch_size, mesh)
     exp = Experiment.build(settings, settings.subspace.train_levels(), settings.subspace.shared_params)
     main_process = parallel.is_main_process()
-    ckpts = Checkpoints(workdir, keep_archive=tr.keep_checkpoints)
+    ckpts = Checkpoints(workdir, keep_archive=tr.keep_checkpoints, record=records.Record.of(settings, 'train'))
     try:
         state = _train(settings, exp, mesh, ckpts, workdir, main_process)
     except SaveFailed:
@@ -130,7 +136,8 @@ def _train(settings, exp, mesh, ckpts, workdir, main_process):
     ds = data.get_dataset(settings.data, 'train', tr.batch_size, shard=data.Shard(
         jax.process_index(), jax.process_count(), settings.seed, start))
     n_jit = tr.n_jitted_steps
-    first = np.stack([next(ds)['image'] for _ in range(n_jit)])
+    classes = exp.networks.num_classes
+    first = _host_batch(ds, n_jit, classes)
 
     networks = exp.networks
     tx = make_optimizer(settings.optim, networks.param_keys)
@@ -164,10 +171,11 @@ def _train(settings, exp, mesh, ckpts, workdir, main_process):
             logging.info('compiling the training step (%d optimiser step(s) per call) ...', n_jit)
         compile_start = time.perf_counter()
         while step < tr.n_iters:
-            state, metrics = step_fn(state, parallel.global_batch(batch, mesh, leading_axes=1))
+            state, metrics = step_fn(state, jax.tree.map(lambda a: parallel.global_batch(a, mesh, leading_axes=1),
+                                                         batch))
             step += n_jit
             if step < tr.n_iters:  # the next host batch is prepared while the device computes
-                batch = np.stack([next(ds)['image'] for _ in range(n_jit)])
+                batch = _host_batch(ds, n_jit, classes)
             metrics = jax.device_get(metrics)
             # Checked before any save, so a checkpoint never holds parameters that went non-finite.
             bad = ~(np.isfinite(metrics['loss']) & np.isfinite(metrics['grad_norm'])
@@ -192,6 +200,8 @@ def _train(settings, exp, mesh, ckpts, workdir, main_process):
             # An archived step is also the newest resume point, so the preemption slot can skip it.
             if archive or stopping or step % tr.snapshot_freq_for_preemption == 0:
                 _save(ckpts, step, state, meta, ARCHIVE if archive else PREEMPT)
+                if ckpts.record_due:  # the settings record describes checkpoints on disk, from the first one on
+                    _wait(ckpts, step)
             if archive and snapshots is not None:
                 sampled_at = time.perf_counter()
                 snapshots.write(state.ema_params, step)
@@ -216,6 +226,19 @@ def _train(settings, exp, mesh, ckpts, workdir, main_process):
     return state
 
 
+def _host_batch(ds, n: int, classes: int):
+    """The next n batches of the stream stacked (n, B, H, W, C); with classes, (images, labels (n, B) int32)."""
+    rows = [next(ds) for _ in range(n)]
+    images = np.stack([r['image'] for r in rows])
+    if not classes:
+        return images
+    labels = np.stack([r['label'] for r in rows])
+    if labels.min() < 0 or labels.max() >= classes:
+        raise ValueError(f'the training data hold class label {int(labels.max())}, outside the model\'s classes '
+                         f'0..{classes - 1}: set config.model.num_classes to the number of classes of the data')
+    return images, labels
+
+
 def _wait(ckpts: Checkpoints, step):
     """Finish pending saves; a failed asynchronous write becomes one error, the previous checkpoint kept."""
     try:
@@ -228,7 +251,7 @@ def _wait(ckpts: Checkpoints, step):
 def _first_line(error) -> str:
     """The gist of a (possibly long, multi-line) storage error: 'No space left on device' when that is it."""
     text = str(error)
-    for gist in ('No space left on device', 'Read-only file system', 'Permission denied'):
+    for gist in ('No space left on device', 'File too large', 'Read-only file system', 'Permission denied'):
         if gist in text:
             return gist
     return text.splitlines()[0][:200] if text else type(error).__name__
@@ -265,12 +288,14 @@ class Snapshots:
         settings = exp.settings
         stats = (statistics.load(settings, exp.chain, workdir, write=parallel.is_main_process())
                  if exp.levels != (0,) else None)
+        classes = exp.networks.num_classes
         self.sampler = make_sampler(exp.diffusion(stats, parallel.batch_sharding(mesh)), settings.sampling,
-                                    exp.networks.scores, level=exp.sampled_level)
+                                    exp.networks.scores, level=exp.sampled_level, num_classes=classes)
         logging.info('snapshot sampler: %s, %s, effective NFE %s per sample', exp.describe(), settings.sampling.method,
                      self.sampler.cost.effective_nfe)
         n_dev = jax.device_count()
         self.n = max(n_dev, math.ceil(settings.training.snapshot_samples / n_dev) * n_dev)
+        self.labels = np.arange(self.n) % classes if classes else None  # every class in turn
         self.key = jax.random.fold_in(jax.random.PRNGKey(settings.seed), 2)
         self.to_unit = data.get_inverse_scaler(settings.data.centered)
         self.workdir, self.writer, self.written = workdir, writer, 0
@@ -280,7 +305,7 @@ class Snapshots:
         logging.info('sampling %d images for the snapshot grid of step %d%s ...', self.n, step,
                      '' if self.written else ' (compiling the sampler first)')
         t0 = time.perf_counter()
-        x, _ = self.sampler.sample(ema_params, jax.random.fold_in(self.key, step), self.n)
+        x, _ = self.sampler.sample(ema_params, jax.random.fold_in(self.key, step), self.n, self.labels)
         images = np.clip(self.to_unit(parallel.gather(x)), 0., 1.)
         self.written += 1
         if parallel.is_main_process():

@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from subspace_diffusion.models import layers
-from subspace_diffusion.models.ncsnpp import Network
+from subspace_diffusion.models.ncsnpp import Network, class_embedding
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,22 +27,25 @@ class VectorNetwork:
     dropout: float
     dtype: str = 'float32'  # training compute dtype, as the image network's; parameters and output stay float32
     sample_dtype: str = 'float32'  # compute dtype when not training
+    num_classes: int = 0  # class-conditional (a class embedding added to the time embedding); 0: unconditional
 
     @classmethod
     def like(cls, net: Network, width: int, blocks: int) -> 'VectorNetwork':
-        """The MLP that uses `net`'s time embedding, output scaling and compute dtype."""
+        """The MLP that uses `net`'s time embedding, output scaling, compute dtype and classes."""
         return cls(width, blocks, net.embedding_type, net.fourier_scale, net.scale_by_sigma, net.dropout, net.dtype,
-                   net.sample_dtype)
+                   net.sample_dtype, net.num_classes)
 
 
 class MLPScore(nn.Module):
-    """x (B, n), time labels (B,) -> (B, n)."""
+    """x (B, n), time labels (B,)[, class labels (B,)] -> (B, n)."""
     net: VectorNetwork
 
     @nn.compact
-    def __call__(self, x, time_cond, train=True):
-        """x (B, n), labels (B,) (sigma for fourier, 999 t for positional) -> (B, n)."""
+    def __call__(self, x, time_cond, train=True, y=None):
+        """x (B, n), labels (B,) (sigma for fourier, 999 t for positional), class labels y (B,) as NCSN++'s -> (B, n)."""
         m = self.net
+        if y is not None and not m.num_classes:
+            raise ValueError("class labels given to an unconditional network (config.model.num_classes=0)")
         if m.embedding_type == 'fourier':
             temb = layers.GaussianFourierProjection(embedding_size=m.width // 2, scale=m.fourier_scale)(
                 jnp.log(time_cond))
@@ -52,6 +55,8 @@ class MLPScore(nn.Module):
         dense = functools.partial(nn.Dense, m.width, kernel_init=layers.default_init(), dtype=dtype)
         temb, x = temb.astype(dtype), x.astype(dtype)
         temb = dense()(nn.swish(dense()(temb)))
+        if m.num_classes:
+            temb = class_embedding(temb, y, m.num_classes)
         h = dense()(x)
         for _ in range(m.blocks):
             # Pre-norm residual block with the time embedding added, as NCSN++'s ResNet blocks do.

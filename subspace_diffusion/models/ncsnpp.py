@@ -68,6 +68,7 @@ class Network:
     dtype: str = "float32"  # training compute dtype ('bfloat16': mixed precision); parameters, output stay float32
     sample_dtype: str = "float32"  # compute dtype when not training (sampling, likelihood, cutoffs)
     remat: bool = False  # recompute each residual block's activations in the backward pass instead of storing them
+    num_classes: int = 0  # class-conditional with this many classes (+1 'no label' embedding); 0: unconditional
 
     def __post_init__(self):
         for field in _OPTIONS:
@@ -83,6 +84,9 @@ class Network:
             raise ValueError("config.model.ch_mult is empty: give one channel multiplier per U-Net resolution")
         if self.fir and not sum(self.fir_kernel) > 0:
             raise ValueError(f"config.model.fir_kernel={self.fir_kernel} must have a positive sum (it is normalised)")
+        if self.num_classes and not self.conditional:
+            raise ValueError("config.model.num_classes > 0 adds a class embedding to the time embedding, which "
+                             "config.model.conditional=False leaves out: set config.model.conditional=True")
         if self.scale_by_sigma and self.embedding_type == "positional":
             raise ValueError("config.model.scale_by_sigma=True needs embedding_type='fourier' (time labels are "
                              "sigmas only there); set config.model.scale_by_sigma=False")
@@ -107,14 +111,26 @@ def check_input_size(shape, net: Network):
             f"(ch_mult={net.ch_mult}); use an input size that is a multiple of {factor} or a shorter ch_mult")
 
 
+def class_embedding(temb, y, num_classes: int):
+    """temb (B, D) plus a learned embedding of class labels y (B,) int in [0, num_classes], num_classes = no label
+    (classifier-free guidance's unconditional model); y None: no label for every row."""
+    if y is None:
+        y = jnp.full((temb.shape[0],), num_classes, jnp.int32)
+    emb = nn.Embed(num_classes + 1, temb.shape[-1], name="class_embedding")(y)
+    return temb + emb.astype(temb.dtype)
+
+
 class NCSNpp(nn.Module):
-    """Score network: x (B,H,W,C), time labels (B,) -> (B,H,W,C)."""
+    """Score network: x (B,H,W,C), time labels (B,)[, class labels (B,)] -> (B,H,W,C)."""
     net: Network
 
     @nn.compact
-    def __call__(self, x, time_cond, train=True):
-        """x (B,H,W,C), time labels (B,) (sigma for fourier, 999 t for positional) -> (B,H,W,C)."""
+    def __call__(self, x, time_cond, train=True, y=None):
+        """x (B,H,W,C), time labels (B,) (sigma for fourier, 999 t for positional), class labels y (B,) int of a
+        class-conditional network (num_classes = no label; None: none for every row) -> (B,H,W,C)."""
         m = self.net
+        if y is not None and not m.num_classes:
+            raise ValueError("class labels given to an unconditional network (config.model.num_classes=0)")
         check_input_size(x.shape, m)
         act = nn.swish
         nf, ch_mult = m.nf, m.ch_mult
@@ -136,6 +152,8 @@ class NCSNpp(nn.Module):
         if m.conditional:
             temb = layers.dense(temb.astype(dtype), nf * 4, name=name())
             temb = layers.dense(act(temb), nf * 4, name=name())
+            if m.num_classes:  # named outside the reference's module list: unconditional trees are unchanged
+                temb = class_embedding(temb, y, m.num_classes)
         else:
             temb = None
 

@@ -3,15 +3,18 @@
 Saves are asynchronous and atomic: Orbax writes into a temporary directory and renames it only
 once every process has finished, so a run killed mid-save leaves the previous checkpoint whole.
 Each checkpoint holds the train state and a small JSON record of what was trained, which is
-checked before the state is read, so a config that does not match gets a clear message.
+checked before the state is read, so a config that does not match gets a clear message. A writer given
+the run's settings record (run/records.py) names it in every checkpoint's JSON and writes it into the
+workdir once its first checkpoint is on disk.
 """
 import os
 import shutil
+from typing import Optional
 
 import jax
 import orbax.checkpoint as ocp
 
-from subspace_diffusion.run import parallel
+from subspace_diffusion.run import parallel, records
 
 PREEMPT, ARCHIVE = 'preempt', 'archive'
 
@@ -52,9 +55,14 @@ def setting_differences(recorded: dict, expected: dict) -> list:
 class Checkpoints:
     """The two Orbax managers of a workdir: <workdir>/checkpoints/{preempt,archive}/<step>."""
 
-    def __init__(self, workdir, keep_archive: int = 100, async_save: bool = True, read_only: bool = False):
+    def __init__(self, workdir, keep_archive: int = 100, async_save: bool = True, read_only: bool = False,
+                 record: Optional[records.Record] = None):
         self.root = os.path.join(os.path.abspath(workdir), 'checkpoints')
         self.read_only = read_only
+        self.record = record
+        # Set while the workdir's record differs from `record`: the first save is then waited for and recorded.
+        self.record_due = record is not None and records.due(workdir, record)
+        self._first_saved = None
         # A reader never saves, so it never deletes: no max_to_keep. (Orbax's own read_only mode would log
         # warnings on every construction.)
         keep = {PREEMPT: None, ARCHIVE: None} if read_only else {PREEMPT: 1, ARCHIVE: keep_archive}
@@ -93,8 +101,12 @@ class Checkpoints:
         for other, manager in self.managers.items():
             if other != kind:
                 manager.wait_until_finished()
+        if self.record is not None:
+            meta = {**meta, records.META_KEY: self.record.name}
         self.managers[kind].save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+        if self._first_saved is None:
+            self._first_saved = step
 
     def _manager_for(self, step):
         for kind in (ARCHIVE, PREEMPT):
@@ -146,9 +158,13 @@ class Checkpoints:
                                f'one, or use a fresh --workdir')
 
     def wait(self):
-        """Block until pending asynchronous saves are on disk."""
+        """Block until pending asynchronous saves are on disk (then write the settings record if it is due)."""
         for m in self.managers.values():
             m.wait_until_finished()
+        if self.record_due and self._first_saved is not None:
+            if parallel.is_main_process():
+                records.write(os.path.dirname(self.root), self.record, self._first_saved)
+            self.record_due = False
 
     def close(self):
         """Finish pending saves and release the managers."""

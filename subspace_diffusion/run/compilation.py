@@ -10,6 +10,8 @@ import os
 import jax
 from absl import logging
 
+from subspace_diffusion.formats.files import writable
+
 MIN_COMPILE_SECONDS = 0.5  # programs that compile faster are not worth a disk round trip
 _listening = False
 
@@ -26,12 +28,28 @@ def _log_hit(event: str, seconds: float, **kwargs):
         logging.info('compilation cache hit: %.1f s of compilation saved', seconds)
 
 
+def _check_dir(path: str):
+    """Create the cache directory and prove it writable, or raise one ValueError naming the problem and the fix.
+
+    JAX would warn at every compilation that it cannot write an entry, and carry on uncached.
+    """
+    fix = 'point --compile_cache at a writable directory, or give --compile_cache= (empty) to run without the cache'
+    if path == default_dir():
+        fix += ' (the default lies under $XDG_CACHE_HOME or ~/.cache)'
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f'--compile_cache={path} is a file, not a directory: {fix}')
+    reason = writable(path)
+    if reason:
+        raise ValueError(f'--compile_cache={path} cannot be written ({reason}): {fix}')
+
+
 def enable(path: str):
-    """Use `path` as the persistent compilation cache ('' leaves it off) and log every hit."""
+    """Use `path` as the persistent compilation cache ('' leaves it off) and log every hit; ValueError (one line)
+    when a local path cannot serve as one."""
     if not path:
         return
     if '://' not in path:  # gs://... and other remote caches are JAX's (etils) to create
-        os.makedirs(path, exist_ok=True)
+        _check_dir(path)
     jax.config.update('jax_compilation_cache_dir', path)
     jax.config.update('jax_persistent_cache_min_compile_time_secs', MIN_COMPILE_SECONDS)
     global _listening

@@ -18,18 +18,21 @@ import os
 import re
 
 import numpy as np
+from absl import logging
 from PIL import Image
 
 from subspace_diffusion.core.likelihood import dequantize
 from subspace_diffusion.formats import idx
 from subspace_diffusion.formats.images import (
     IMAGE_EXTENSIONS,
+    center_crop_resize,
     image_files,
     load_images,
     to_channels,
 )
 
 SHUFFLE_BUFFER = 10_000  # examples in the tf.data shuffle buffer (undecoded, so a few hundred MB at most)
+_told = set()  # what the in-memory sources already logged in this process (a split is read several times a run)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,11 +85,38 @@ class InMemory:
     labels: np.ndarray = None
 
 
+def _tell_once(message: str, *args):
+    if (message, args) not in _told:
+        _told.add((message, args))
+        logging.info(message, *args)
+
+
+def available_memory() -> int:
+    """Bytes of memory this machine can still give (Linux MemAvailable, else the free pages)."""
+    try:
+        with open('/proc/meminfo') as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith('MemAvailable:'))
+    except (OSError, StopIteration, ValueError):
+        return os.sysconf('SC_AVPHYS_PAGES') * os.sysconf('SC_PAGE_SIZE')
+
+
+def _check_fits(what: str, n: int, d, channels: int):
+    """Refuse, before loading, an in-memory split of n images of `channels` channels (float32 at the inner size)
+    larger than the memory available: one line with the estimate, not a MemoryError after minutes of decoding."""
+    size = inner_size(d)
+    need, have = n * size * size * channels * 4, available_memory()
+    if need > have:
+        raise ValueError(f'{what} would take {need / 2 ** 30:.1f} GiB in memory ({n:,} images of {size}x{size}x'
+                         f'{channels} float32), more than the {have / 2 ** 30:.1f} GiB available: use a smaller '
+                         f'data.image_size or fewer images')
+
+
 def _digits(d, split, shard):
     """sklearn digits upsampled bilinearly, with their labels; 1/6 held out as test."""
     del shard
     from sklearn.datasets import load_digits
     digits = load_digits()
+    _check_fits('the digits', len(digits.images), d, 1)
     size = inner_size(d)
     # Bilinear, not nearest: nearest upsampling would put every image exactly inside the 8x8
     # pooling subspace, so the 16->8 orthogonal component would be identically zero (degenerate
@@ -110,6 +140,9 @@ def _folder(d, split, shard):
     paths = image_files(data_dir)
     if not paths:
         raise ValueError(f'no {"/".join(IMAGE_EXTENSIONS)} images found in {data_dir} (config.data.data_dir)')
+    _check_fits(f'the folder {data_dir}', len(paths), d, d.num_channels)
+    _tell_once('dataset folder %s: %d image(s), each centre-cropped and resized to %dx%d (every split uses them all)',
+               data_dir, len(paths), inner_size(d), inner_size(d))
     return InMemory(load_images(paths, inner_size(d), d.num_channels))
 
 
@@ -121,10 +154,13 @@ def _idx_or_tfds(name):
         if not os.path.isdir(d.data_dir):
             raise FileNotFoundError(f'IDX folder not found: config.data.data_dir={d.data_dir!r}')
         images, labels = idx.read_split(d.data_dir, split)
+        _check_fits(f'the {split} IDX images of {d.data_dir}', len(images), d, 1)
         images = images.astype(np.float32)[..., None] / 255.
-        if images.shape[1] != inner_size(d):
-            images = np.stack([np.asarray(Image.fromarray(x[..., 0], mode='F').resize(
-                (inner_size(d),) * 2, Image.BICUBIC))[..., None] for x in images]).clip(0., 1.)
+        size = inner_size(d)
+        if images.shape[1:3] != (size, size):
+            _tell_once('the %s IDX images of %s are %dx%d: centre-cropped and resized to %dx%d (data.image_size '
+                       'minus data.padding)', split, d.data_dir, images.shape[1], images.shape[2], size, size)
+            images = np.stack([center_crop_resize(x, size) for x in images])
         return InMemory(images, labels.astype(np.int32))
     return build
 

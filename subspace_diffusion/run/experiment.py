@@ -6,10 +6,12 @@ over the levels, each in its own coordinates and time range) and the `Diffusion`
 chain's statistics are files (`statistics.py`); the samplers come from the one factory (`core/sampling.py`).
 """
 import dataclasses
+import functools
 import math
 from typing import Optional, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from subspace_diffusion.core.diffusion import Diffusion
@@ -18,6 +20,9 @@ from subspace_diffusion.core.subspaces import Chain, PieceStats, Subspace, descr
 from subspace_diffusion.run.data import training_images
 from subspace_diffusion.run.networks import Networks
 from subspace_diffusion.run.settings import Settings
+
+
+LABEL_STREAM = 1 << 20  # fold_in index of the label-dropout draw in a training step's key (levels use 0..K)
 
 
 def level_shapes(settings: Settings) -> list:
@@ -112,16 +117,28 @@ class Experiment:
             return self.settings.subspace.cutoffs[k - 1]
         return self.settings.training.eps
 
-    def loss(self, params: dict, images, key, train: bool = True):
-        """(sum over the levels of the level-k DSM loss, {k: loss_k}); images (B, H, W, C) in model space."""
+    def loss(self, params: dict, images, key, train: bool = True, labels=None):
+        """(sum over the levels of the level-k DSM loss, {k: loss_k}); images (B, H, W, C) in model space, and for a
+        class-conditional model their class labels (B,), of which training drops training.label_dropout."""
         tr = self.settings.training
+        if labels is not None:
+            labels = self.drop_labels(labels, key) if train else labels
         losses = {}
         for k in self.levels:
             dsm_key, drop_key = jax.random.split(jax.random.fold_in(key, k))
             # The same chain object as the sampler produces U_k^T x0 (one code path for both).
             x = self.chain.down(images, k) if k else images
             score = self.networks.score(params, k, train=train, dropout_rng=drop_key)
+            if labels is not None:
+                score = functools.partial(score, y=labels)
             losses[k] = dsm_loss(score, self.settings.sde, x, dsm_key, self.t_min(k),
                                  reduce='mean' if tr.reduce_mean else 'sum',
                                  likelihood_weighting=tr.likelihood_weighting)
         return sum(losses.values()), losses
+
+    def drop_labels(self, labels, key):
+        """Labels (B,) with each replaced by 'no label' (num_classes) with probability training.label_dropout: one
+        draw per example, the same at every level (classifier-free guidance training)."""
+        drop = jax.random.bernoulli(jax.random.fold_in(key, LABEL_STREAM), self.settings.training.label_dropout,
+                                    labels.shape)
+        return jnp.where(drop, self.networks.num_classes, labels)

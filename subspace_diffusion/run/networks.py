@@ -73,15 +73,21 @@ class Networks:
                 params[name] = variables['params']
         return params
 
+    @property
+    def num_classes(self) -> int:
+        """Classes of class-conditional networks (their labels 0..num_classes - 1; num_classes = no label), or 0."""
+        return self.image_model.net.num_classes
+
     def score(self, params: dict, k: int, train: bool = False, dropout_rng=None):
-        """Level-k score callable s_k(x (B, *shapes[k]), t (B,)); params {name: params}."""
+        """Level-k score callable s_k(x (B, *shapes[k]), t (B,)[, y (B,) class labels of a class-conditional
+        network; left out: no label]); params {name: params}."""
         score = get_score_fn(self.model_of(k), self.sde, params[self.param_key(k)], train=train,
                              dropout_rng=dropout_rng)
         offset = self.offsets.get(k)
         if offset is None:
             return score
         # The network was trained on scaler(U_k^T u) = U_k^T x + offset: feed it x + alpha(t) offset.
-        return lambda x, t: score(x + bcast(self.sde.alpha(t), x) * offset, t)
+        return lambda x, t, y=None: score(x + bcast(self.sde.alpha(t), x) * offset, t, y)
 
     def scores(self, params: dict) -> list:
         """[s_k for each held level, ascending]: what the samplers take."""

@@ -8,8 +8,10 @@ between sections (image size against chain and network, cutoffs against levels, 
 against steps per call) are checked together. So bad input is one line naming the field and the fix,
 before anything loads, compiles or writes.
 """
+import ast
 import dataclasses
 import difflib
+import json
 import math
 from typing import Optional
 
@@ -22,10 +24,11 @@ from subspace_diffusion.core.sde import SDE
 from subspace_diffusion.core.subspaces import check_cutoffs, check_image_levels
 from subspace_diffusion.models.mlp import VectorNetwork
 from subspace_diffusion.models.ncsnpp import NAMES, Network, check_input_size
-from subspace_diffusion.run.data import DATASETS, dataset_key
+from subspace_diffusion.run.data import DATASETS, LABELLED, dataset_key
 
 CHAIN_KINDS = ('pooling', 'pca', 'patch_pca')
 ALL_LEVELS = -1  # subspace.train_level value that trains every level of the chain in one run
+TRAINING_FOLDERS = ('checkpoints', 'tensorboard', 'samples')  # what training writes into a workdir
 INF = math.inf
 
 
@@ -82,7 +85,8 @@ RULES = {
     'model.dropout': FRACTION, 'model.fourier_scale': POSITIVE, 'model.ema_rate': FRACTION,
     'model.nf': Rule(4), 'model.ch_mult': COUNT, 'model.num_res_blocks': AT_LEAST_1,
     'model.attn_resolutions': COUNT, 'model.fir_kernel': AT_LEAST_0, 'model.init_scale': AT_LEAST_0,
-    'model.mlp_width': Rule(4), 'model.mlp_blocks': AT_LEAST_1,
+    'model.mlp_width': Rule(4), 'model.mlp_blocks': AT_LEAST_1, 'model.num_classes': AT_LEAST_0,
+    'training.label_dropout': FRACTION, 'sampling.guidance': AT_LEAST_0, 'eval.labels': Rule(0, integer=True),
     'training.batch_size': AT_LEAST_1, 'training.n_iters': AT_LEAST_1, 'training.n_jitted_steps': AT_LEAST_1,
     'training.eps': UNIT_OPEN, 'training.keep_checkpoints': AT_LEAST_1, 'training.snapshot_samples': AT_LEAST_1,
     'training.snapshot_freq': AT_LEAST_1, 'training.log_freq': AT_LEAST_1,
@@ -93,14 +97,20 @@ RULES = {
     'sampling.eps': UNIT_OPEN, 'sampling.cond_langevin_steps': AT_LEAST_0, 'sampling.cond_snr': POSITIVE,
     'sampling.nfe_budget': Rule(2), 'sampling.rho': POSITIVE,
     'eval.begin_ckpt': Rule(-1), 'eval.end_ckpt': Rule(-1), 'eval.batch_size': AT_LEAST_1,
-    'eval.num_samples': AT_LEAST_1, 'eval.bpd_num_repeats': AT_LEAST_1, 'eval.bpd_num_examples': AT_LEAST_0,
-    'eval.ode_rtol': UNIT_OPEN, 'eval.ode_atol': UNIT_OPEN, 'eval.likelihood_eps': UNIT_OPEN,
+    'eval.num_samples': Rule(2), 'eval.bpd_num_repeats': AT_LEAST_1, 'eval.bpd_num_examples': AT_LEAST_0,
+    'eval.ode_rtol': UNIT_OPEN, 'eval.ode_atol': UNIT_OPEN, 'eval.ode_max_steps': AT_LEAST_1, 'eval.likelihood_eps': UNIT_OPEN,
     'eval.cond_mask_fraction': UNIT_OPEN,
     'subspace.levels': AT_LEAST_0, 'subspace.factor': Rule(2), 'subspace.cutoffs': UNIT_OPEN,
     'subspace.fit_examples': AT_LEAST_1, 'subspace.train_level': Rule(ALL_LEVELS),
     'subspace.cutoff_times_num': Rule(2), 'subspace.cutoff_num_examples': AT_LEAST_1,
     'subspace.cutoff_batch_size': AT_LEAST_1, 'subspace.cutoff_threshold': POSITIVE,
 }
+
+
+# Fields added after workdirs were recorded, and the value that means what a run did before them: a settings record
+# (run/records.py) or config written before them lacks them and reads as that value, so it loads as it did.
+ADDED_FIELDS = {'model.num_classes': 0, 'training.label_dropout': 0.0, 'sampling.guidance': 0.0, 'eval.labels': (),
+                'subspace.class_stats': False}
 
 
 def _require(ok: bool, field: str, message: str):
@@ -111,6 +121,14 @@ def _require(ok: bool, field: str, message: str):
 
 def _choice(value: str, allowed, field: str):
     _require(value in allowed, field, f'must be one of {tuple(allowed)}, got {value!r}')
+
+
+def _output_folder(name: str, field: str):
+    """An output folder setting: one folder name inside the workdir, none of the folders training writes."""
+    _require(name not in ('', '.', '..') and '/' not in name and '\\' not in name, field,
+             f'must be one folder name inside the workdir (no "/", not "." or ".."), got {name!r}')
+    _require(name not in TRAINING_FOLDERS, field,
+             f'{name!r} is a folder training writes ({", ".join(TRAINING_FOLDERS)}): choose another name')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,6 +185,7 @@ class SubspaceSettings:
     cutoff_num_examples: int
     cutoff_batch_size: int
     cutoff_threshold: float
+    class_stats: bool = False  # lifts of labelled samples from their class's statistics
 
     def __post_init__(self):
         _choice(self.kind, CHAIN_KINDS, 'subspace.kind')
@@ -202,6 +221,7 @@ class Training:
     likelihood_weighting: bool
     reduce_mean: bool
     ema_rate: float
+    label_dropout: float = 0.0  # class-conditional models: share of labels dropped (classifier-free guidance)
 
     def __post_init__(self):
         n = self.n_jitted_steps
@@ -246,20 +266,22 @@ class Eval:
     bpd_dataset: str
     bpd_num_repeats: int
     bpd_num_examples: int
-    tolerance: Tolerance  # eval.ode_rtol, eval.ode_atol: the probability-flow ODE (bits/dim, adaptive sampler)
+    tolerance: Tolerance  # eval.ode_rtol, ode_atol, ode_max_steps: the probability-flow ODE (bits/dim, adaptive sampler)
     likelihood_eps: float
     ref_stats_path: str
     ref_split: str
     cond_input_dir: str
     cond_mask: str
     cond_mask_fraction: float
+    cond_folder: str  # '' = the mode's name
+    labels: tuple = ()  # class-conditional models: the classes sampled in turn (() = every class)
 
     def __post_init__(self):
         for name in ('bpd_dataset', 'ref_split'):
             _choice(getattr(self, name), ('train', 'test'), f'eval.{name}')
-        _require(self.folder not in ('', '.', '..') and '/' not in self.folder and '\\' not in self.folder,
-                 'eval.folder', f'must be one folder name inside the workdir (no "/", not "." or ".."), got '
-                                f'{self.folder!r}')
+        _output_folder(self.folder, 'eval.folder')
+        if self.cond_folder:
+            _output_folder(self.cond_folder, 'eval.cond_folder')
         _require(self.cond_mask in MASKS or self.cond_mask.lower().endswith('.png'), 'eval.cond_mask',
                  f'{self.cond_mask!r} is neither a mask name {MASKS} nor a .png file')
         _require(all(isinstance(d, str) for d in self.level_workdirs), 'eval.level_workdirs',
@@ -280,6 +302,9 @@ class Settings:
     optim: Optim
     eval: Eval
     seed: int
+    # The config these settings were checked from, as JSON (what a workdir's record keeps, run/records.py); not
+    # an init field, so settings changed in code (dataclasses.replace) carry None, never a stale config.
+    source: Optional[dict] = dataclasses.field(default=None, init=False, compare=False, repr=False)
 
     def __post_init__(self):
         d, sub = self.data, self.subspace
@@ -297,10 +322,27 @@ class Settings:
         if sub.shared_params and sub.kind == 'pca' and sub.levels:
             raise ValueError('config.subspace.shared_params: PCA levels are vectors, served by another network than '
                              'the full-space images: set subspace.shared_params=False')
+        self._check_classes()
         if sub.shared_params and len(set(sizes)) > 1:
             _require(self.network.attention_placement == 'depth', 'model.attention_placement',
                      "subspace.shared_params=True runs one network at several resolutions, which needs the same "
                      "attention blocks at each: set --config.model.attention_placement=depth")
+
+    def _check_classes(self):
+        """Class labels, guidance and per-class statistics only for a class-conditional network of labelled data."""
+        classes, labels = self.network.num_classes, self.eval.labels
+        _require(not classes or self.data.dataset in LABELLED, 'model.num_classes',
+                 f'{classes} classes need a dataset with labels ({", ".join(LABELLED)}); {self.data.dataset!r} has '
+                 f'none: set model.num_classes=0')
+        unconditional = 'the model is unconditional (model.num_classes=0): train a class-conditional one ' \
+                        '(--config.model.num_classes=10) or'
+        _require(not self.sampling.guidance or classes, 'sampling.guidance',
+                 f'{unconditional} leave sampling.guidance at 0, got {self.sampling.guidance:g}')
+        _require(not labels or classes, 'eval.labels', f'{unconditional} leave eval.labels empty, got {labels}')
+        _require(all(y < classes for y in labels), 'eval.labels',
+                 f'{max(labels, default=0)} is not a class of the model: use classes 0..{classes - 1}')
+        _require(not self.subspace.class_stats or classes, 'subspace.class_stats',
+                 f'{unconditional} leave subspace.class_stats False')
 
     @classmethod
     def from_config(cls, config) -> 'Settings':
@@ -314,7 +356,8 @@ class Settings:
         vector_network = VectorNetwork.like(network, reader.value('model', 'mlp_width', int),
                                             reader.value('model', 'mlp_blocks', int))
         ev = reader.build('eval', Eval, exclude=('tolerance',), extra={'tolerance': Tolerance(
-            reader.value('eval', 'ode_rtol', float), reader.value('eval', 'ode_atol', float))})
+            reader.value('eval', 'ode_rtol', float), reader.value('eval', 'ode_atol', float),
+            reader.value('eval', 'ode_max_steps', int))})
         settings = cls(
             data=data, network=network, vector_network=vector_network, sde=_sde(reader),
             sampling=_sampler(reader, ev.tolerance), subspace=reader.build('subspace', SubspaceSettings),
@@ -322,6 +365,7 @@ class Settings:
                                   extra={'ema_rate': reader.value('model', 'ema_rate', float)}),
             optim=reader.build('optim', Optim), eval=ev, seed=reader.value(None, 'seed', int))
         reader.check_all_read()
+        object.__setattr__(settings, 'source', json.loads(config.to_json_best_effort()))
         return settings
 
 
@@ -336,6 +380,7 @@ def _sampler(reader, tolerance: Tolerance) -> SamplerConfig:
     """config.sampling as the sampler factory's config (the adaptive tolerances come from config.eval)."""
     return SamplerConfig(method=reader.value('sampling', 'method', str), eps=reader.value('sampling', 'eps', float),
                          denoise=reader.value('sampling', 'noise_removal', bool),
+                         guidance=reader.value('sampling', 'guidance', float),
                          pc=reader.build('sampling', PCConfig, rename={'n_corrector_steps': 'n_steps_each'}),
                          ode=reader.build('sampling', ODEConfig), tolerance=tolerance)
 
@@ -349,8 +394,14 @@ class _Reader:
 
     def value(self, section: Optional[str], name: str, kind):
         """config.<section>.<name>, checked against `kind` (int, float, bool, str, tuple) and its rule in RULES."""
+        if section is not None and section not in self.config:  # e.g. another project's settings record
+            raise ValueError(f'config.{section} is missing: not a config of this project (see '
+                             f'configs/default_cifar10.py)')
         node = self.config if section is None else self.config[section]
         path = name if section is None else f'{section}.{name}'
+        if name not in node and path in ADDED_FIELDS:
+            self.read.add(path)
+            return ADDED_FIELDS[path]
         if name not in node:
             raise ValueError(f'config.{path} is missing: this config predates the field; add it (see '
                              f'configs/default_cifar10.py)')
@@ -362,6 +413,9 @@ class _Reader:
             value = tuple(value)
         ok = isinstance(value, kind) and not (kind in (int, float) and isinstance(value, bool))
         _require(ok, path, f'must be {kind.__name__}, got {value!r}')
+        if kind is tuple and path in RULES:
+            text = next((v for v in value if not _is_number(v)), None)
+            _require(text is None, path, f'must be a tuple of numbers, got {value!r}: {_not_a_number(text, path)}')
         numbers = [value] if kind in (int, float) else [v for v in value if _is_number(v)] if kind is tuple else []
         if numbers:
             if path not in RULES:
@@ -389,6 +443,17 @@ class _Reader:
                 close = difflib.get_close_matches(path, sorted(self.read), n=3)
                 raise ValueError(f'config.{path} is not a setting of this project (nothing reads it): remove it'
                                  + (f'; did you mean {", ".join("config." + c for c in close)}?' if close else ''))
+
+
+def _not_a_number(element, path: str) -> str:
+    """What to say of a non-number in a numeric tuple; a tuple quoted twice on a command line arrives as one string."""
+    try:
+        meant = ast.literal_eval(element) if isinstance(element, str) else None
+    except (ValueError, SyntaxError):
+        meant = None
+    if isinstance(meant, tuple) and all(_is_number(v) for v in meant):
+        return f'the tuple arrived as the text {element!r} (quoted twice?): write "--config.{path}={element}" (one pair of quotes, for the shell)'
+    return f'{element!r} is not a number: give --config.{path} numbers only'
 
 
 def _is_number(value) -> bool:
