@@ -28,8 +28,9 @@ class Steps:
         """Where the log of step `name` is kept."""
         return os.path.join(self.logs, re.sub(r'[^\w.-]+', '_', name) + '.log')
 
-    def run(self, name, finished: bool, *args):
-        """Run main.py with `args` unless `finished`; its progress lines pass through, prefixed."""
+    def run(self, name, finished: bool, *args, script: str = 'main.py'):
+        """Run `script` (main.py, or a benchmark's own step) with `args` unless `finished`; its progress lines
+        (stderr and stdout) pass through, prefixed."""
         left = sum(cost for step, cost in self.plan.items() if step not in self.done and step != name)
         self.done.append(name)
         if finished:
@@ -37,14 +38,14 @@ class Steps:
             return
         elapsed = time.perf_counter() - self.t0
         print(f'[{len(self.done)}/{len(self.plan)}] {name} (elapsed {fmt_duration(elapsed)}, then about '
-              f'{fmt_duration(left)} of planned work)\n  python main.py {" ".join(args)}', flush=True)
+              f'{fmt_duration(left)} of planned work)\n  python {script} {" ".join(args)}', flush=True)
         start = time.perf_counter()
-        # main.py logs its progress (steps, it/s, ETA) to stderr: pass it through, keep the tail for a failure
-        proc = subprocess.Popen([sys.executable, os.path.join(ROOT, 'main.py'), *args], cwd=ROOT,
-                                stderr=subprocess.PIPE, text=True)
+        # main.py logs its progress (steps, it/s, ETA) to stderr: pass both streams through, keep the tail for a failure
+        proc = subprocess.Popen([sys.executable, os.path.join(ROOT, script), *args], cwd=ROOT,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         log = open(self.log_path(name), 'a') if self.logs else None
         tail = collections.deque(maxlen=40)
-        for line in proc.stderr:
+        for line in proc.stdout:
             tail.append(line)
             sys.stdout.write('  | ' + line)
             sys.stdout.flush()
