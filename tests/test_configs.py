@@ -52,7 +52,16 @@ SAME_ONCE_SHRUNK = {
     'cifar10_ve_ncsnpp_deep': ('cifar10_ve_ncsnpp', ['model.num_res_blocks', 'subspace.cutoffs', 'training.n_iters'],
                                ['subspace.cutoffs']),
     'cifar10_vp_ddpmpp_deep': ('cifar10_vp_ddpmpp', ['model.num_res_blocks'], []),
-    'cifar10_subvp_ddpmpp_deep': ('cifar10_subvp_ddpmpp', ['model.num_res_blocks', 'training.n_iters'], []),
+    'cifar10_subvp_ddpmpp_deep': ('cifar10_vp_ddpmpp', ['model.num_res_blocks', 'sampling.eps',
+                                                        'sampling.scale_langevin', 'sde.kind', 'training.n_iters'],
+                                  ['sampling.eps', 'sampling.scale_langevin', 'sde.kind']),
+    # Another data set or SDE, the same network and chain once shrunk: its data builds below, the SDE is
+    # test_sde.py's and test_sampling.py's (sub-VP on the exact Gaussian), its network test_reference_import.py's.
+    'lsun_church_ve_ncsnpp': ('celebahq256_ve_ncsnpp', ['data.category', 'data.dataset', 'sde.sigma_max',
+                                                        'subspace.cutoffs'],
+                              ['data.category', 'data.dataset', 'sde.sigma_max', 'subspace.cutoffs']),
+    'cifar10_subvp_ddpmpp': ('cifar10_vp_ddpmpp', ['sampling.eps', 'sampling.scale_langevin', 'sde.kind'],
+                             ['sampling.eps', 'sampling.scale_langevin', 'sde.kind']),
 }
 
 
@@ -68,20 +77,31 @@ def test_configs_that_train_as_another_differ_only_where_expected(name, tmp_path
     config, config_other = (importlib.import_module(f'configs.{n}').get_config() for n in (name, other))
     assert differences(config.to_dict(), config_other.to_dict()) == full_size
     assert differences(_shrunk(name, tmp_path).to_dict(), _shrunk(other, tmp_path).to_dict()) == shrunk
-    Settings.from_config(_shrunk(name, tmp_path))  # and its settings are valid
+    settings = Settings.from_config(_shrunk(name, tmp_path))  # and its settings are valid
+    if 'data.dataset' in shrunk:
+        _assert_builds(settings)
+
+
+def _assert_builds(settings):
+    """One batch of the config's training data (TFDS through mock data)."""
+    with _data_context(settings):
+        batch = next(data.get_dataset(settings.data, 'train', 4))['image']
+    assert batch.shape == (4,) + settings.data.shape and np.isfinite(batch).all()
+
+
+def _data_context(settings):
+    if settings.data.dataset not in ('digits', 'folder') and not settings.data.data_dir:  # TFDS
+        tfds = pytest.importorskip('tensorflow_datasets')
+        return tfds.testing.mock_data(num_examples=16)
+    return contextlib.nullcontext()
 
 
 @pytest.mark.parametrize('name', [n for n in CONFIGS if n not in SAME_ONCE_SHRUNK])
 def test_config_builds_data_trains_and_samples(name, tmp_path):
     settings = Settings.from_config(_shrunk(name, tmp_path))
-    context = contextlib.nullcontext()
-    if settings.data.dataset not in ('digits', 'folder') and not settings.data.data_dir:  # TFDS
-        tfds = pytest.importorskip('tensorflow_datasets')
-        context = tfds.testing.mock_data(num_examples=16)
-    with context:
-        batch = next(data.get_dataset(settings.data, 'train', 4))['image']
+    _assert_builds(settings)
+    with _data_context(settings):
         state = train.train(settings, tmp_path)
-    assert batch.shape == (4,) + settings.data.shape and np.isfinite(batch).all()
     K = settings.subspace.levels
     assert int(state.step) == 2 and set(state.params) == {f'level_{k}' for k in range(K + 1)}
     grid = np.asarray(Image.open(tmp_path / 'samples' / 'step_0000002.png'))

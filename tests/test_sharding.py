@@ -29,7 +29,8 @@ print('OK')
 
 def test_sampler_sharded_over_8_devices_matches_single_device():
     here = os.path.dirname(os.path.abspath(__file__))
-    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8', JAX_PLATFORMS='cpu',
+    env = dict(os.environ, XLA_FLAGS=os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8',
+               JAX_PLATFORMS='cpu',
                PYTHONPATH=os.pathsep.join([os.path.dirname(here), here]))
     out = subprocess.run([sys.executable, '-c', SCRIPT], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and 'OK' in out.stdout, out.stderr[-3000:]

@@ -82,7 +82,7 @@ print('OK')
 
 def test_eight_devices_match_one_device():
     out = subprocess.run([sys.executable, '-c', EIGHT_DEVICES], capture_output=True, text=True, timeout=400,
-                         env=_env(XLA_FLAGS='--xla_force_host_platform_device_count=8'))
+                         env=_env(XLA_FLAGS=os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8'))
     assert out.returncode == 0 and 'OK' in out.stdout, out.stderr[-3000:]
 
 
