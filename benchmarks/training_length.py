@@ -20,6 +20,7 @@ import glob
 import json
 import os
 import re
+import struct
 import sys
 
 import numpy as np
@@ -73,6 +74,8 @@ def main():
                         help='the folder of the Fashion-MNIST IDX files')
     parser.add_argument('--stages', type=int, nargs='+', default=[2500, 5000, 10000, 20000])
     parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
+    parser.add_argument('--report', action='store_true',
+                        help='run nothing: write the JSON and figures of the stages finished so far')
     args = parser.parse_args()
     w = lambda *p: os.path.join(args.workdir, *p)  # noqa: E731
     os.makedirs(w('logs'), exist_ok=True)
@@ -86,6 +89,9 @@ def main():
         previous = s
     plan['cutoffs'] = 600
     steps = Steps(plan, logs=w('logs'))
+    if args.report:
+        _report(w, args, steps)
+        return
     level_dirs = '(' + ','.join(f'"{w(d)}"' for d in NETWORKS) + ',)'
     for s in args.stages:
         for name, level in NETWORKS.items():
@@ -103,36 +109,89 @@ def main():
                               *_flags(w('eval'), args.data_dir, **flags))
         steps.run(f'flow at {s}', os.path.exists(w('flow', f'step_{s}.json')), f'--step={s}',
                   f'--workdir={args.workdir}', f'--data_dir={args.data_dir}', script='benchmarks/flow_failure.py')
-    last = args.stages[-1]
     steps.run('cutoffs', os.path.exists(w('full', 'cutoffs.json')), '--mode=cutoffs',
               *_flags(w('full'), args.data_dir))
-    save_result('training_length', _gather(w, args, steps))
-    _figures(w, args)
+    _report(w, args, steps)
 
 
-def _training(w, args, steps) -> dict:
-    """Per network and stage: wall seconds of that stage's training and the logged training loss near its end."""
+def _finished(w, args, s) -> bool:
+    return os.path.exists(w('flow', f'step_{s}.json')) and all(
+        os.path.exists(w('eval', _folder(space, method, seed), f'step_{s}', 'metrics.json'))
+        for space in SPACES for method in METHODS for seed in _seeds_at(s, args))
+
+
+def _report(w, args, steps):
+    """Write the JSON and figures of every finished stage (all of them once the study is done)."""
+    stages = [s for s in args.stages if _finished(w, args, s)]
+    if not stages:
+        sys.exit('no stage is finished yet: run the study first')
+    result = _gather(w, args, steps, stages)
+    save_result('training_length', result)
+    _figures(w, stages, args.seeds[0])
+    print(_table(result))
+
+
+def _cell(stage, key, digits) -> str:
+    """'mean ± std' over a stage's seeds, or the one seed's value."""
+    values = [r[key] for r in stage['runs']]
+    if len(values) == 1:
+        return f'{values[0]:.{digits}f}'
+    return f'{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}'
+
+
+def _table(result) -> str:
+    """The README's markdown table: classifier FD at every stage, then the last stage in full."""
+    stages, last = result['stages'], result['stages'][-1]
+    head = ['variant', 'effective NFE'] + [f'classifier FD at {s}' for s in stages] + [
+        f'{k} at {last}' for k in ('noise share', 'pixel FD', 'classifier KID', 'ms per sample')]
+    lines = ['| ' + ' | '.join(head) + ' |', '|' + ' --- |' * len(head)]
+    for v in result['variants']:
+        end = v['stages'][-1]
+        cells = [v['variant'], f"{end['runs'][0]['nfe_per_sample']:.1f}"] + [
+            _cell(st, 'classifier_fd', 2) for st in v['stages']] + [
+            _cell(end, 'noise_share', 3), _cell(end, 'pixel_fd', 2), _cell(end, 'classifier_kid', 3),
+            _cell({'runs': [{'ms': 1000 * r['s_per_sample']} for r in end['runs']]}, 'ms', 0)]
+        lines.append('| ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines)
+
+
+def _losses(workdir) -> dict:
+    """step -> the training loss the run wrote to TensorBoard (every invocation's events file)."""
+    from tensorboardX.proto import event_pb2  # the writer's own schema; no TensorFlow needed to read it back
+    out = {}
+    for path in sorted(glob.glob(os.path.join(workdir, 'tensorboard', 'events.out.tfevents.*'))):
+        data, at = open(path, 'rb').read(), 0
+        while at + 12 <= len(data):  # TFRecord: u64 length, u32 crc, payload, u32 crc
+            n = struct.unpack('<Q', data[at:at + 8])[0]
+            event = event_pb2.Event.FromString(data[at + 12:at + 12 + n])
+            at += 16 + n
+            out.update({event.step: v.simple_value for v in event.summary.value if v.tag == 'train/loss'})
+    return out
+
+
+def _training(w, stages, steps) -> dict:
+    """Per network and stage: wall seconds of that stage's training (None where it ran before the driver logged
+    it) and the mean training loss over the stage's last 1,000 steps."""
     out = {}
     for name, level in NETWORKS.items():
-        rows = []
-        for s in args.stages:
+        losses, rows = _losses(w(name)), []
+        for s in stages:
             log = steps.log_path(f'train {name} to {s}')
-            losses = [(int(m.group(1)), float(m.group(2))) for m in
-                      re.finditer(r'step (\d+)/\d+\s+loss ([\d.]+)', open(log).read())] if os.path.exists(log) else []
-            tail = [v for step, v in losses if s - 1000 < step <= s]
-            rows.append({'step': s, 'wall_s': log_seconds(log) if os.path.exists(log) else None,
+            tail = [v for step, v in losses.items() if s - 1000 < step <= s]
+            rows.append({'step': s, 'wall_s': (log_seconds(log) or None) if os.path.exists(log) else None,
                          'train_loss_last_1000_steps': float(np.mean(tail)) if tail else None})
         out[name] = {'level': level, 'px': 32 // 2 ** level, 'stages': rows}
     return out
 
 
-def _gather(w, args, steps) -> dict:
-    """The study's JSON: every stage, variant and seed, the flow diagnostics, training costs and the cutoffs."""
+def _gather(w, args, steps, stages) -> dict:
+    """The study's JSON: every finished stage, variant and seed, the flow diagnostics, training costs and the
+    cutoffs (once found)."""
     variants = []
     for space, levels in SPACES.items():
         for method in METHODS:
-            stages = []
-            for s in args.stages:
+            rows = []
+            for s in stages:
                 runs = []
                 for seed in _seeds_at(s, args):
                     folder = w('eval', _folder(space, method, seed), f'step_{s}')
@@ -143,23 +202,26 @@ def _gather(w, args, steps) -> dict:
                 entry = {'step': s, 'runs': runs}
                 if len(runs) > 1:
                     entry.update(over_seeds(f'{space}, {method} at {s}', runs, METRICS))
-                stages.append(entry)
+                rows.append(entry)
             variants.append({'variant': f'{space}, {method}', 'space': space, 'levels': levels, 'method': method,
-                             'stages': stages})
+                             'stages': rows})
     flow = {}
-    for s in args.stages:
+    for s in stages:
         with open(w('flow', f'step_{s}.json')) as f:
             flow[str(s)] = json.load(f)
-    with open(w('full', 'cutoffs.json')) as f:
-        found = [row['cutoff'] for row in json.load(f)['levels']]
-    with open(w('eval', _folder('full space', 'pc', args.seeds[0]), f'step_{args.stages[0]}', 'metrics.json')) as f:
+    found = None
+    if os.path.exists(w('full', 'cutoffs.json')):
+        with open(w('full', 'cutoffs.json')) as f:
+            found = [row['cutoff'] for row in json.load(f)['levels']]
+    with open(w('eval', _folder('full space', 'pc', args.seeds[0]), f'step_{stages[0]}', 'metrics.json')) as f:
         accuracy = json.load(f)['classifier_test_accuracy']
     return {
         'command': 'python benchmarks/training_length.py --data_dir <the Fashion-MNIST IDX folder>',
-        'config': 'configs/fashion_mnist.py', 'stages': args.stages, 'seeds': args.seeds,
+        'config': 'configs/fashion_mnist.py', 'stages_planned': args.stages, 'stages': stages,
+        'complete': stages == args.stages and found is not None, 'seeds': args.seeds,
         'cutoffs_used': list(fashion_mnist.get_config().subspace.cutoffs),
         'cutoffs_at_3e-3_last_stage': found, 'classifier_test_accuracy': accuracy,
-        'training': _training(w, args, steps), 'variants': variants, 'flow': flow,
+        'training': _training(w, stages, steps), 'variants': variants, 'flow': flow,
         'wall_s': sum(log_seconds(p) for p in glob.glob(w('logs', '*.log'))),
         'notes': 'one training run per network, archived at every stage; seed 0 at the intermediate stages, '
                  'std (ddof=1) over the seeds at the last; Frechet distances and KID of 256 samples against the '
@@ -167,7 +229,7 @@ def _gather(w, args, steps) -> dict:
                  f'difference above {THRESHOLD}; wall_s sums every logged main.py step over all invocations'}
 
 
-def _figures(w, args):
+def _figures(w, stages, seed):
     """docs/training_length.png (quality, noise share and the flow against training steps) and the last stage's
     sample grids (docs/training_length_samples.png)."""
     import matplotlib
@@ -201,7 +263,7 @@ def _figures(w, args):
     axes[3].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(os.path.join(ROOT, 'docs', 'training_length.png'), dpi=110)
-    last, seed = args.stages[-1], args.seeds[0]
+    last = stages[-1]
     sample_panels([w('eval', _folder(space, method, seed), f'step_{last}') for method in METHODS for space in SPACES],
                   count=36, ncol=6, gap=8, scale=2, path=os.path.join(ROOT, 'docs', 'training_length_samples.png'))
 
