@@ -20,17 +20,18 @@ import glob
 import json
 import os
 import re
-import struct
 import sys
 
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, 'tests'))
 from configs import fashion_mnist  # noqa: E402
 from noise_fraction import THRESHOLD, roughness  # noqa: E402
 from results import save_result  # noqa: E402
 from steps import Steps, log_seconds, over_seeds, read_metrics, sample_panels  # noqa: E402
+from tensorboard_events import scalars  # noqa: E402
 
 CONFIG = os.path.join(ROOT, 'configs', 'fashion_mnist.py')
 NETWORKS = {'full': 0, 'level_1': 1, 'level_2': 2}  # workdir -> the level its network serves
@@ -155,26 +156,12 @@ def _table(result) -> str:
     return '\n'.join(lines)
 
 
-def _losses(workdir) -> dict:
-    """step -> the training loss the run wrote to TensorBoard (every invocation's events file)."""
-    from tensorboardX.proto import event_pb2  # the writer's own schema; no TensorFlow needed to read it back
-    out = {}
-    for path in sorted(glob.glob(os.path.join(workdir, 'tensorboard', 'events.out.tfevents.*'))):
-        data, at = open(path, 'rb').read(), 0
-        while at + 12 <= len(data):  # TFRecord: u64 length, u32 crc, payload, u32 crc
-            n = struct.unpack('<Q', data[at:at + 8])[0]
-            event = event_pb2.Event.FromString(data[at + 12:at + 12 + n])
-            at += 16 + n
-            out.update({event.step: v.simple_value for v in event.summary.value if v.tag == 'train/loss'})
-    return out
-
-
 def _training(w, stages, steps) -> dict:
     """Per network and stage: wall seconds of that stage's training (None where it ran before the driver logged
     it) and the mean training loss over the stage's last 1,000 steps."""
     out = {}
     for name, level in NETWORKS.items():
-        losses, rows = _losses(w(name)), []
+        losses, rows = scalars(w(name, 'tensorboard'), 'train/loss'), []
         for s in stages:
             log = steps.log_path(f'train {name} to {s}')
             tail = [v for step, v in losses.items() if s - 1000 < step <= s]
