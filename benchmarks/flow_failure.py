@@ -56,10 +56,9 @@ class Recorder:
 
     def binned(self) -> dict:
         """{'sigma': bin centres, 'median', 'p90'} of the excess over samples and records in each log-sigma bin."""
-        sigmas = np.array([s for s, _ in self.rows])
         out = {'sigma': [], 'median': [], 'p90': []}
         for lo, hi in zip(BINS[:-1], BINS[1:]):
-            rows = [e for s, e in self.rows if lo <= s < hi] if len(sigmas) else []
+            rows = [e for s, e in self.rows if lo <= s < hi]
             if rows:
                 values = np.concatenate(rows)
                 out['sigma'].append(float(math.sqrt(lo * hi)))
@@ -69,7 +68,7 @@ class Recorder:
 
 
 def _noise_share(x01) -> float:
-    return float(np.mean(roughness(to_uint8(np.clip(np.asarray(x01), 0., 1.))) > THRESHOLD))
+    return float(np.mean(roughness(to_uint8(x01)) > THRESHOLD))
 
 
 def adaptive(model, x, t0, eps, recorder=None):

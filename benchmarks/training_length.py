@@ -128,7 +128,7 @@ def _report(w, args, steps):
         sys.exit('no stage is finished yet: run the study first')
     result = _gather(w, args, steps, stages)
     save_result('training_length', result)
-    _figures(w, stages, args.seeds[0])
+    _figures(w, result, args.seeds[0])
     print(_table(result))
 
 
@@ -216,14 +216,12 @@ def _gather(w, args, steps, stages) -> dict:
                  f'difference above {THRESHOLD}; wall_s sums every logged main.py step over all invocations'}
 
 
-def _figures(w, stages, seed):
+def _figures(w, result, seed):
     """docs/training_length.png (quality, noise share and the flow against training steps) and the last stage's
     sample grids (docs/training_length_samples.png)."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    with open(os.path.join(ROOT, 'benchmarks', 'results', 'training_length.json')) as f:
-        result = json.load(f)
     fig, axes = plt.subplots(1, 4, figsize=(19, 4.2))
     for v in result['variants']:
         xs = [st['step'] for st in v['stages']]
@@ -250,7 +248,7 @@ def _figures(w, stages, seed):
     axes[3].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(os.path.join(ROOT, 'docs', 'training_length.png'), dpi=110)
-    last = stages[-1]
+    last = result['stages'][-1]
     sample_panels([w('eval', _folder(space, method, seed), f'step_{last}') for method in METHODS for space in SPACES],
                   count=36, ncol=6, gap=8, scale=2, path=os.path.join(ROOT, 'docs', 'training_length_samples.png'))
 
