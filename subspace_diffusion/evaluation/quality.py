@@ -161,10 +161,10 @@ class Scorer:
             feats['inception'], feats['inception_logits'] = _batched(self.inception, images, INCEPTION_BATCH)
         return feats
 
-    def _cache_path(self) -> str:
-        """<workdir>/ref_stats_<dataset>_<size>_<content id>.npz: the reference statistics this workdir computes."""
+    def _cache_path(self, prefix: str = 'ref_stats') -> str:
+        """<workdir>/<prefix>_<dataset>_<size>_<content id>.npz: the reference statistics this workdir computes."""
         d = self.settings.data
-        return os.path.join(self.workdir, f'ref_stats_{d.dataset}_{d.image_size}_'
+        return os.path.join(self.workdir, f'{prefix}_{d.dataset}_{d.image_size}_'
                                           f'{data.content_id(d, self.settings.eval.ref_split)}.npz')
 
     def ref_stats_path(self) -> str:
@@ -234,14 +234,13 @@ class Scorer:
     def class_reference(self) -> dict:
         """{'mu_<c>', 'sigma_<c>'}: classifier-feature statistics of each class of eval.ref_split, cached in the
         workdir as ref_class_stats_<dataset>_<size>_<content id>.npz."""
-        d, split = self.settings.data, self.settings.eval.ref_split
-        path = os.path.join(self.workdir, f'ref_class_stats_{d.dataset}_{d.image_size}_{data.content_id(d, split)}.npz')
+        path = self._cache_path('ref_class_stats')
         if os.path.exists(path):
             try:
                 return read_npz(path, 'per-class reference statistics', 'delete it to compute them again')
             except FileProblem as e:
                 logging.warning('%s; computing them again', e)
-        images, labels = data.labelled_split(d, split)
+        images, labels = data.labelled_split(self.settings.data, self.settings.eval.ref_split)
         feats = self.classifier(to_uint8(images))
         arrays = {}
         for c in np.unique(labels):
