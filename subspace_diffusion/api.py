@@ -23,7 +23,7 @@ import numpy as np
 
 from subspace_diffusion import api_inputs as check
 from subspace_diffusion.core.likelihood import require_finished
-from subspace_diffusion.core.sampling import Sampler, make_sampler
+from subspace_diffusion.core.sampling import Sampler, least_nfe, make_sampler
 from subspace_diffusion.evaluation.bpd import BPD_STREAM, bpd_function
 from subspace_diffusion.formats.images import save_image_grid
 from subspace_diffusion.run import data, loading, parallel, records, statistics
@@ -35,14 +35,22 @@ from subspace_diffusion.run.settings import Settings
 RECORDS = ('config_train.json', 'config_import.json', 'config_eval.json')
 
 
+def _newest_step(workdir: str) -> Optional[int]:
+    """The step of the workdir's newest checkpoint, None without one."""
+    ckpts = Checkpoints(workdir, read_only=True)
+    try:
+        return ckpts.latest_step()
+    finally:
+        ckpts.close()
+
+
 def _config_of(workdir: str, config, step: Optional[int]):
-    """The ml_collections config: `config` if given, else the record the checkpoint at `step` (default: the
-    newest) names, else the first of RECORDS the workdir holds."""
+    """The ml_collections config: `config` if given, else the record the checkpoint at `step` (None: the workdir
+    holds no checkpoint) names, else the first of RECORDS the workdir holds."""
     if config is not None:
         return check.config(config)
     ckpts = Checkpoints(workdir, read_only=True)
     try:
-        step = ckpts.latest_step() if step is None else step
         name = None if step is None else ckpts.read_meta(step).get(records.META_KEY)
     finally:
         ckpts.close()
@@ -65,7 +73,8 @@ def load(workdir, config=None, levels: Optional[Sequence[int]] = None, step: Opt
     was made with); levels: which networks to sample with ((0,) = full space); step: a checkpoint step
     (default: the newest).
     """
-    workdir, step = check.workdir(workdir), check.step(step)
+    workdir, asked = check.workdir(workdir), check.step(step)
+    step = _newest_step(workdir) if asked is None else asked  # one step for the settings, the levels and the params
     settings = Settings.from_config(_config_of(workdir, config, step))
     K = settings.subspace.levels
     levels = check.levels(levels, K)
@@ -74,7 +83,8 @@ def load(workdir, config=None, levels: Optional[Sequence[int]] = None, step: Opt
         levels = tuple(range(K + 1)) if K and set(range(K + 1)) <= held else \
             tuple(held) if len(held) == 1 and 0 not in held else (0,)
     try:
-        loaded = loading.load_levels(settings, levels, workdir, step)
+        # Levels kept in other workdirs (eval.level_workdirs) are read at their own newest unless a step was asked.
+        loaded = loading.load_levels(settings, levels, workdir, asked if settings.eval.level_workdirs else step)
     except FileNotFoundError as e:  # a workdir with a record but no checkpoint (a run that failed before saving)
         raise check.refuse('workdir', workdir, str(e)) from None
     exp = Experiment.build(settings, levels)
@@ -120,9 +130,9 @@ class Model:
         cfg = dataclasses.replace(cfg, method=cfg.method if method is None else check.method(method), guidance=0.)
         check.budget_applies(cfg.method, nfe, steps)
         if nfe is not None:
-            floor = self._build(dataclasses.replace(cfg, ode=dataclasses.replace(cfg.ode, nfe_budget=0.)))
+            floor = least_nfe(self.experiment.diffusion(self.stats), cfg, self.experiment.sampled_level)
             cfg = dataclasses.replace(cfg, ode=dataclasses.replace(
-                cfg.ode, nfe_budget=check.nfe_budget(nfe, floor.cost.effective_nfe, cfg.method)))
+                cfg.ode, nfe_budget=check.nfe_budget(nfe, floor, cfg.method)))
         cfg = dataclasses.replace(cfg, guidance=guidance)  # after the budget's floor, which counts network steps
         if steps is not None:
             cfg = dataclasses.replace(cfg, pc=dataclasses.replace(cfg.pc, num_steps=check.whole('steps', steps, 2)))

@@ -4,7 +4,6 @@ Each check returns the value in the form the API computes with, or raises one Va
 argument, what it got and what it takes: `n=2.5: takes a whole number >= 1`. Nothing reaches JAX or numpy
 unchecked, so no argument ends in a traceback from deep inside them or in a silently wrong number.
 """
-import importlib.util
 import math
 import numbers
 import os
@@ -15,7 +14,7 @@ import ml_collections
 import numpy as np
 
 from subspace_diffusion.core.sampling import METHODS
-from subspace_diffusion.formats.files import read_json
+from subspace_diffusion.formats.files import config_module, read_json
 
 CONFIG_TAKES = 'takes a config file (.py with get_config()), a settings record (.json) or a ConfigDict'
 
@@ -143,9 +142,7 @@ def config(value) -> ml_collections.ConfigDict:
     if not path.endswith('.py'):
         raise refuse('config', path, f'is neither .py nor .json: {CONFIG_TAKES}')
     try:
-        spec = importlib.util.spec_from_file_location('config', path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        module = config_module(path)
     except Exception as e:  # noqa: BLE001 -- whatever the file raises while it is imported
         raise refuse('config', path, f'cannot be loaded ({type(e).__name__}: {_first_line(e)}): {CONFIG_TAKES}') \
             from None

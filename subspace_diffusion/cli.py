@@ -8,7 +8,6 @@ fix, and a non-zero exit. Each mode is one job of subspace_diffusion/jobs/. On s
 --distributed (TPU pods, SLURM and other auto-detected clusters) or give --coordinator_address,
 --num_processes and --process_id; run the same command on every host.
 """
-import importlib.util
 import inspect
 import logging as std_logging
 import os
@@ -20,7 +19,7 @@ import traceback
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from subspace_diffusion.formats.files import atomic_json, writable
+from subspace_diffusion.formats.files import atomic_json, config_module, writable
 from subspace_diffusion.formats.pth import PthError
 from subspace_diffusion.jobs import (
     conditional,
@@ -192,9 +191,7 @@ def _config_problem(config_file, error):
         return (f'{path}, line {frames[-1].lineno}: {what} failed with {type(error).__name__}'
                 f'{": " + reason if reason else ""}: fix the config file')
     try:
-        spec = importlib.util.spec_from_file_location('config_file', path)
-        module = importlib.util.module_from_spec(spec)  # a fresh module: nothing left from another file
-        spec.loader.exec_module(module)
+        module = config_module(path)
     except Exception:  # noqa: BLE001 -- not loadable: the error itself is the best answer
         return None
     get = getattr(module, 'get_config', None)

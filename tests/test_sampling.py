@@ -6,6 +6,7 @@ full-space sampler with 200 steps, where the discretisation error is of the same
 the subspace sampler to be within max(1.3 x, +0.02) of the full-space sampler's error and under 0.07
 absolute. A lift with the wrong variance (sigma^2 only) gives 0.11-0.55 on the same samples.
 """
+import dataclasses
 import functools
 
 import jax
@@ -13,8 +14,9 @@ import numpy as np
 import pytest
 
 from gaussian_case import make_case
+from subspace_diffusion.core.ode import ODEConfig
 from subspace_diffusion.core.pc import PCConfig, split_grid
-from subspace_diffusion.core.sampling import SamplerConfig, cost, make_sampler, sample
+from subspace_diffusion.core.sampling import SamplerConfig, below_minimum, cost, least_nfe, make_sampler, sample
 from subspace_diffusion.core.sde import SDE
 from subspace_diffusion.core.subspaces import PoolingChain, Subspace, fit_pca_chain
 
@@ -109,6 +111,26 @@ def test_zero_levels_is_the_full_sampler_and_nfe():
     assert sub_nfe == pytest.approx(2 * n[2] / 16 + 2 * n[1] / 4 + 2 * n[0] - 1 + 1)
     # deterministic for a seed
     np.testing.assert_array_equal(sampler.sample(None, jax.random.PRNGKey(1), 8)[0], x2)
+
+
+@pytest.mark.parametrize('method,per_step', [('ode_heun', 2), ('dpm_solver++', 1)])
+def test_least_nfe_is_what_a_budget_of_zero_costs(method, per_step):
+    """The API's floor for nfe=: full space, the 2-level chain and each of its levels alone (costs 1, 1/4, 1/16)."""
+    sde, case = SDE('ve'), _case('pooling2', 2)
+    full, chain = case.diffusion(sde), case.diffusion(sde, case.subspace(CUTOFFS[2]))
+    cfg = SamplerConfig(method, eps=sde.sampling_eps, ode=ODEConfig(nfe_budget=0.))
+    for diffusion, level, least in [(full, 0, per_step + 1), (chain, 0, per_step * (1 + 1 / 4 + 1 / 16) + 1),
+                                    (chain, 1, (per_step + 1) / 4), (chain, 2, (per_step + 1) / 16)]:
+        built = make_sampler(diffusion, cfg, lambda p: case.scores(sde), level=level).cost.effective_nfe
+        assert least_nfe(diffusion, cfg, level) == built == pytest.approx(least), (diffusion.num_levels, level)
+    at = lambda budget: dataclasses.replace(cfg, ode=ODEConfig(nfe_budget=budget))  # noqa: E731
+    for level in (0, 1, 2):  # a budget is spent in full-space units on one level too: 8 full calls = 32 level-1 calls
+        spent = make_sampler(chain, at(8.), lambda p: case.scores(sde), level=level).cost.effective_nfe
+        assert abs(spent - 8.) <= per_step * chain.cost(level), (level, spent)  # rounding to whole steps
+    for diffusion in (full, chain):  # eval's and inpainting's budget check keeps the same floor
+        least = least_nfe(diffusion, cfg)
+        assert below_minimum(diffusion, at(least)) is None
+        assert f'one step per stage: {least:.3g} effective NFE' in below_minimum(diffusion, at(least - 0.1))
 
 
 def test_bad_cutoffs_and_config():

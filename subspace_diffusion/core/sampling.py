@@ -125,13 +125,20 @@ def cost(diffusion: Diffusion, cfg: SamplerConfig) -> Cost:
     return Cost(calls, diffusion.effective_nfe(calls), 'effective (sum of n_level / d per call)' + guided)
 
 
+def least_nfe(diffusion: Diffusion, cfg: SamplerConfig, level: int = 0) -> float:
+    """The least effective NFE per sample of fixed-step solver cfg.method on `diffusion` (level k > 0: on its level k
+    alone, as `make_sampler` samples it): one step per stage and the denoising call, what a budget of 0 costs."""
+    run_on = diffusion.level(level)
+    calls = {k: SOLVERS[cfg.method] for k in range(run_on.num_levels + 1)}
+    calls[0] += cfg.denoise
+    return run_on.effective_nfe(calls) * diffusion.cost(level)
+
+
 def below_minimum(diffusion: Diffusion, cfg: SamplerConfig) -> Optional[str]:
     """Why cfg.ode.nfe_budget cannot be kept on `diffusion` (one step per stage already costs more), or None."""
     if cfg.method not in SOLVERS:
         return None
-    calls = {k: SOLVERS[cfg.method] for k in range(diffusion.num_levels + 1)}  # one step in every stage
-    calls[0] += cfg.denoise
-    least = diffusion.effective_nfe(calls)
+    least = least_nfe(diffusion, cfg)
     if cfg.ode.nfe_budget >= least:
         return None
     return (f'sampling.nfe_budget={cfg.ode.nfe_budget:g} is below the least {cfg.method} spends on this '
@@ -153,8 +160,9 @@ def make_sampler(diffusion: Diffusion, cfg: SamplerConfig, build_scores: Callabl
         raise ValueError(f'config.sampling.guidance={cfg.guidance:g} needs a class-conditional model '
                          f'(model.num_classes > 0); an unconditional one samples with guidance 0')
     run_on = diffusion.level(level)
-    if level:
-        cfg = dataclasses.replace(cfg, eps=diffusion.cutoffs[level - 1])
+    if level:  # the budget counts full-space calls, as every effective NFE does: in level-k calls it is 1 / cost(k) more
+        cfg = dataclasses.replace(cfg, eps=diffusion.cutoffs[level - 1], ode=dataclasses.replace(
+            cfg.ode, nfe_budget=cfg.ode.nfe_budget / diffusion.cost(level)))
     report = cost(run_on, cfg)
     if level and report.calls_per_level is not None:
         report = Cost({level: report.calls_per_level[0]}, report.effective_nfe * diffusion.cost(level), report.counts)

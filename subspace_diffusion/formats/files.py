@@ -8,6 +8,7 @@ read with `allow_pickle=False`: a file from outside never runs code.
 """
 import contextlib
 import errno
+import importlib.util
 import json
 import os
 import zipfile
@@ -69,6 +70,15 @@ def read_json(path, what: str, fix: str) -> dict:
     if not isinstance(value, dict):
         raise FileProblem(f'{what} {path} holds a JSON {type(value).__name__}, not an object: {fix}')
     return value
+
+
+def config_module(path):
+    """The module of a config file (.py), run once as a fresh module (not in sys.modules: nothing is left from another
+    file); raises whatever the file raises. A config file is the user's own code, unlike the files read above."""
+    spec = importlib.util.spec_from_file_location('config', os.fspath(path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def writable(folder) -> Optional[str]:
