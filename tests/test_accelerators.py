@@ -20,7 +20,7 @@ from subspace_diffusion.jobs import train
 from subspace_diffusion.run import compilation
 from subspace_diffusion.run.experiment import Experiment
 from subspace_diffusion.run.settings import Settings
-from tiny import main_cmd, main_env, tiny_settings, train_tiny_chain
+from tiny import main_cmd, main_env, tiny_settings
 
 
 def test_compilation_cache_is_written_and_hit_by_a_second_process(tmp_path):
@@ -131,12 +131,6 @@ EVAL = dict(subspace__train_level=-1, eval__num_samples=64, eval__batch_size=8, 
             eval__bpd_num_examples=4, eval__bpd_num_repeats=1, eval__ode_rtol=1e-3, eval__ode_atol=1e-3)
 
 
-@pytest.fixture(scope='module')
-def trained(tmp_path_factory):
-    """A tiny workdir trained on both levels (checkpoint at step 2, chain statistics)."""
-    return train_tiny_chain(tmp_path_factory.mktemp('trained'))
-
-
 def _two_processes(workdir):
     port = _free_port()
     return [subprocess.Popen(main_cmd('--mode=eval', f'--workdir={workdir}', f'--coordinator_address=localhost:{port}',
@@ -149,8 +143,8 @@ def _shards(workdir):
     return [np.load(folder / f'samples_{i}.npz')['samples'] for i in range(8)], json.load(open(folder / 'metrics.json'))
 
 
-def test_two_process_evaluation_equals_one_process_and_resumes_after_a_kill(trained, tmp_path):
-    one, two = (shutil.copytree(trained, tmp_path / name) for name in ('one', 'two'))
+def test_two_process_evaluation_equals_one_process_and_resumes_after_a_kill(trained_chain, tmp_path):
+    one, two = (shutil.copytree(trained_chain, tmp_path / name) for name in ('one', 'two'))
     out = subprocess.run(main_cmd('--mode=eval', f'--workdir={one}', **EVAL), env=main_env(), capture_output=True,
                          text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]

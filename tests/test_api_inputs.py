@@ -1,7 +1,6 @@
 """The Python API on empty, half-written and foreign workdirs and with bad arguments: one ValueError naming the
 argument, what it got and what it takes; and the settings record it reads, which describes the checkpoints (a
 failed first run, a refused run and a resume with other cutoffs included)."""
-import hashlib
 import json
 import os
 import re
@@ -16,7 +15,7 @@ from PIL import Image
 import subspace_diffusion as sd
 from subspace_diffusion.jobs import import_checkpoint, train
 from subspace_diffusion.run.settings import Settings
-from tiny import ROOT, TESTS, main_env, tiny_config, tiny_settings
+from tiny import ROOT, TESTS, main_env, tiny_config, tiny_settings, workdir_files
 
 RUN = dict(subspace__train_level=-1, training__n_iters=2, training__snapshot_freq=2, eval__num_samples=4,
            eval__batch_size=4, sampling__nfe_budget=8.0, eval__ode_rtol=1e-3, eval__ode_atol=1e-3)
@@ -39,11 +38,6 @@ def model(workdir):
     return sd.load(workdir)
 
 
-def _files(path) -> dict:
-    return {os.path.relpath(os.path.join(root, f), path): hashlib.sha256(open(os.path.join(root, f), 'rb').read())
-            .hexdigest() for root, _, files in os.walk(path) for f in files}
-
-
 # ---- the settings record describes the checkpoints ----
 
 def test_after_a_failed_first_run_the_api_reads_the_run_that_saved(workdir, model):
@@ -54,13 +48,13 @@ def test_after_a_failed_first_run_the_api_reads_the_run_that_saved(workdir, mode
 
 def test_a_resume_with_other_cutoffs_updates_the_record_and_keeps_the_earlier_one(workdir, tmp_path):
     run = shutil.copytree(workdir, tmp_path / 'run')
-    before = _files(run)
+    before = workdir_files(run)
     train.train(tiny_settings(**{**RUN, 'training__n_iters': 4, 'subspace__cutoffs': (0.3,)}), run)
     assert sd.load(run).settings.subspace.cutoffs == (0.3,) and sd.load(run).step == 4
     # Step 2 was made with the earlier cutoffs: its settings are the record the resume replaced, kept as it was.
     assert sd.load(run, step=2).settings.subspace.cutoffs == (0.5,)
     assert (run / 'config_train_before_step_4.json').read_bytes() == (workdir / 'config_train.json').read_bytes()
-    after = _files(run)
+    after = workdir_files(run)
     assert all(after[name] == digest for name, digest in before.items() if name.startswith('checkpoints/archive/2/'))
 
 
@@ -79,7 +73,7 @@ def test_a_refused_training_in_an_imported_workdir_leaves_it_byte_identical(tmp_
         config[section][name] = value
     run = tmp_path / 'run'
     import_checkpoint.import_checkpoint(Settings.from_config(config), run, f'{REF}/vp_16.pth', 0)
-    before = _files(run)
+    before = workdir_files(run)
     assert json.load(open(run / 'config_import.json'))['model']['nf'] == 8
 
     flags = [f'--config.{k}={v}' for k, v in {**overrides, 'model.nf': 16}.items()]
@@ -89,7 +83,7 @@ def test_a_refused_training_in_an_imported_workdir_leaves_it_byte_identical(tmp_
     last = out.stderr.strip().splitlines()[-1]
     assert out.returncode == 1 and 'Traceback' not in out.stderr and last.startswith('error: ') \
         and 'model.nf: checkpoint 8, config 16' in last, out.stderr[-2000:]
-    after = _files(run)
+    after = workdir_files(run)
     assert {name: after.get(name) for name in before} == before
     assert not [f for f in set(after) - set(before) if f.startswith('config')]  # no record of the refused run
     model = sd.load(run)  # the intact checkpoint, with the settings it was imported with
@@ -240,6 +234,11 @@ def test_a_model_of_one_level_names_the_times_and_levels_it_serves(workdir, mode
         level1.score(x, 0.1)
     with pytest.raises(ValueError, match=r'^levels=\(1,\): bits/dim integrates over the whole time range'):
         level1.bits_per_dim(np.full((2, 8, 8, 1), 0.5))
+    # Its budget's floor: one DPM-Solver++ step and the denoising call, both on level 1 (each 1/4 of a full call).
+    assert level1.effective_nfe('dpm_solver++', nfe=0.5) == 0.5
+    with pytest.raises(ValueError, match=r'^nfe=0.4: is below the smallest budget dpm_solver\+\+ can keep on this '
+                                         r'model \(0.5: '):
+        level1.effective_nfe('dpm_solver++', nfe=0.4)
 
 
 def test_uint8_images_are_taken_as_a_png_gives_them(model):

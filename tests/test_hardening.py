@@ -2,7 +2,6 @@
 outputs inside the workdir, limits before allocation, one writer per workdir, the Inception weights read safely.
 After every bad input the workdir's earlier checkpoints, statistics and metrics are unchanged."""
 import glob
-import hashlib
 import importlib
 import json
 import math
@@ -29,7 +28,7 @@ from tiny import (
     run_main,
     tiny_config,
     tiny_settings,
-    train_tiny_chain,
+    workdir_files,
 )
 
 from subspace_diffusion import api
@@ -61,18 +60,7 @@ def _unchanged(before: dict, workdir) -> bool:
 
 def _contents(workdir) -> dict:
     """{relative path: sha1} of what a run keeps (checkpoints, statistics, metrics, samples), not records or locks."""
-    out = {}
-    for path in glob.glob(os.path.join(workdir, '**', '*'), recursive=True):
-        rel = os.path.relpath(path, workdir)
-        if os.path.isfile(path) and not rel.startswith(('config_', '.lock_')):
-            out[rel] = hashlib.sha1(open(path, 'rb').read()).hexdigest()
-    return out
-
-
-@pytest.fixture(scope='module')
-def trained(tmp_path_factory):
-    """A tiny workdir trained on both levels (checkpoint at step 2, chain statistics)."""
-    return train_tiny_chain(tmp_path_factory.mktemp('trained'))
+    return workdir_files(workdir, skip=('config_',))  # the locks are hidden files, which it never lists
 
 
 # ----------------------------------------------------------------------------- 1. every setting range-checked
@@ -168,10 +156,10 @@ def _corrupt(kind: str, path, valid: bytes):
                      else b'PK\x03\x04 not an image'}[kind])
 
 
-def _readers(tmp_path, trained):
+def _readers(tmp_path, trained_chain):
     """{name: (valid file bytes, read(path))} for every kind of file the project reads."""
     settings = tiny_settings(subspace__train_level=-1)
-    stats_file = statistics.stats_path(settings, build_chain(settings), str(trained))
+    stats_file = statistics.stats_path(settings, build_chain(settings), str(trained_chain))
     npz = lambda p: read_npz(p, 'test file', 'fix it')  # noqa: E731
     Image.fromarray(np.full((8, 8), 255, np.uint8)).save(tmp_path / 'mask.png')
     idx_bytes = bytes([0, 0, 8, 3]) + (2).to_bytes(4, 'big') + (4).to_bytes(4, 'big') * 2 + bytes(32)
@@ -188,8 +176,8 @@ def _readers(tmp_path, trained):
 
 
 @pytest.mark.parametrize('kind', ['truncated', 'empty', 'directory', 'wrong format'])
-def test_every_reader_answers_a_damaged_file_in_one_line(tmp_path, trained, kind):
-    for name, (valid, read) in _readers(tmp_path, trained).items():
+def test_every_reader_answers_a_damaged_file_in_one_line(tmp_path, trained_chain, kind):
+    for name, (valid, read) in _readers(tmp_path, trained_chain).items():
         path = str(tmp_path / ('config_train.json' if 'json' in name else f'file_{len(name)}'))
         with open(path, 'wb') as f:
             f.write(valid)
@@ -201,8 +189,8 @@ def test_every_reader_answers_a_damaged_file_in_one_line(tmp_path, trained, kind
         assert path in message and '\n' not in message and len(message) < 400, (name, kind, message)
 
 
-def test_damaged_caches_are_recomputed_and_said(trained, tmp_path, caplog):
-    run = shutil.copytree(trained, tmp_path / 'run')
+def test_damaged_caches_are_recomputed_and_said(trained_chain, tmp_path, caplog):
+    run = shutil.copytree(trained_chain, tmp_path / 'run')
     settings = tiny_settings(subspace__train_level=-1)
     chain = build_chain(settings)
     path = statistics.stats_path(settings, chain, str(run))
@@ -229,8 +217,8 @@ def test_pickled_npz_is_refused_without_loading(tmp_path):
         read_npz(tmp_path / 'w.npz', 'FID Inception weights', 'fix')
 
 
-def test_a_damaged_checkpoint_is_one_line_and_kept(trained, tmp_path):
-    run = shutil.copytree(trained, tmp_path / 'run')
+def test_a_damaged_checkpoint_is_one_line_and_kept(trained_chain, tmp_path):
+    run = shutil.copytree(trained_chain, tmp_path / 'run')
     for root, _, files in os.walk(run / 'checkpoints' / 'archive' / '2' / 'state'):
         for f in files:
             open(os.path.join(root, f), 'r+b').truncate(3)
@@ -350,8 +338,8 @@ with WorkdirLock(sys.argv[1], 'train'):
 '''
 
 
-def test_a_second_writer_is_refused_and_a_killed_holders_lock_taken_over(trained, tmp_path):
-    run = shutil.copytree(trained, tmp_path / 'run')
+def test_a_second_writer_is_refused_and_a_killed_holders_lock_taken_over(trained_chain, tmp_path):
+    run = shutil.copytree(trained_chain, tmp_path / 'run')
     holder = subprocess.Popen([sys.executable, '-c', HOLD, str(run)], env=main_env(), stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == 'held'
@@ -394,8 +382,8 @@ def test_inception_weights_read_as_pth_without_torch_and_as_npz(tmp_path):
     assert 'torch' not in sys.modules  # nothing imported torch, nothing was unpickled beyond tensors
 
 
-def test_missing_inception_weights_stop_eval_before_sampling(trained, tmp_path):
-    run = shutil.copytree(trained, tmp_path / 'run')
+def test_missing_inception_weights_stop_eval_before_sampling(trained_chain, tmp_path):
+    run = shutil.copytree(trained_chain, tmp_path / 'run')
     rc, err = run_main(f'--workdir={run}', '--mode=eval', subspace__train_level=-1, eval__num_samples=4,
                     eval__inception_weights=str(tmp_path / 'missing.pth'))
     one_error_line(rc, err, 'FID Inception weights')
@@ -429,8 +417,8 @@ def test_lock_waits_for_nobody_after_a_clean_exit(tmp_path):
     assert open(tmp_path / '.lock_checkpoints').read() == ''  # released: nobody to take over from
 
 
-def test_nothing_is_lost_after_any_bad_input(trained, tmp_path):
-    run = shutil.copytree(trained, tmp_path / 'run')
+def test_nothing_is_lost_after_any_bad_input(trained_chain, tmp_path):
+    run = shutil.copytree(trained_chain, tmp_path / 'run')
     os.makedirs(run / 'eval' / 'step_2')
     (run / 'eval' / 'step_2' / 'metrics.json').write_text('{"classifier_fd": 1.0}')  # an earlier result
     before = _contents(run)

@@ -16,7 +16,6 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,7 +23,7 @@ from absl import flags
 from idx_files import idx_folder, write_idx
 from ml_collections import config_flags
 from PIL import Image
-from tiny import ROOT, main_cmd, main_env, one_error_line, run_main, tiny_settings, train_tiny_chain
+from tiny import ROOT, main_cmd, main_env, one_error_line, run_main, tiny_settings, workdir_files
 
 from subspace_diffusion import cli
 from subspace_diffusion.core.sampling import below_minimum
@@ -38,28 +37,16 @@ from subspace_diffusion.metrics.classifier import ClassifierSpec
 from subspace_diffusion.run import compilation, data, parallel, statistics
 from subspace_diffusion.run.experiment import Experiment, build_chain
 
-TRAINED = dict(subspace__train_level=-1)  # the settings the shared workdir was trained with
+TRAINED = dict(subspace__train_level=-1)  # the settings trained_chain (conftest.py) was trained with
 
 
-@pytest.fixture(scope='module')
-def trained(tmp_path_factory):
-    """A tiny workdir trained on both levels (checkpoint at step 2, chain statistics)."""
-    return train_tiny_chain(tmp_path_factory.mktemp('trained'))
-
-
-def _copy(trained, tmp_path):
-    return shutil.copytree(trained, tmp_path / 'run')
-
-
-def _files(workdir) -> dict:
-    """{relative path: sha1} of every file under `workdir`."""
-    return {os.path.relpath(p, workdir): hashlib.sha1(Path(p).read_bytes()).hexdigest()
-            for p in glob.glob(os.path.join(workdir, '**', '*'), recursive=True) if os.path.isfile(p)}
+def _copy(trained_chain, tmp_path):
+    return shutil.copytree(trained_chain, tmp_path / 'run')
 
 
 def _kept(before: dict, workdir) -> bool:
     """Every earlier file is still there, byte for byte."""
-    after = _files(workdir)
+    after = workdir_files(workdir)
     return all(after.get(rel) == digest for rel, digest in before.items())
 
 
@@ -94,7 +81,7 @@ def test_a_compile_cache_that_cannot_serve_is_one_line(tmp_path, monkeypatch):
     with pytest.raises(ValueError) as e:
         compilation.enable(compilation.default_dir())
     _one_line(e, 'a part of the path is a file', '$XDG_CACHE_HOME')
-    assert _files(tmp_path) == {'file': hashlib.sha1(b'x').hexdigest()}
+    assert workdir_files(tmp_path) == {'file': hashlib.sha1(b'x').hexdigest()}
     ro = tmp_path / 'ro'
     ro.mkdir()
     if os.geteuid() != 0 or subprocess.run(['mount', '-t', 'tmpfs', '-o', 'ro,size=1m', 'tmpfs', str(ro)],
@@ -128,7 +115,7 @@ def test_damaged_empty_or_foreign_idx_files_are_one_line(tmp_path, caplog):
             write_idx(folder / 'train-labels-idx1-ubyte', np.zeros(0, np.uint8))
         else:
             write_idx(folder / name, rng.integers(10, 256, 20).astype(np.uint8))
-        before = _files(folder)
+        before = workdir_files(folder)
         with pytest.raises(FileProblem) as e:
             idx.read_split(str(folder), 'train')
         _one_line(e, str(folder / name), expected, 'replace it with the canonical file')
@@ -142,14 +129,14 @@ def test_damaged_empty_or_foreign_idx_files_are_one_line(tmp_path, caplog):
     assert f'the train IDX images of {folder} are 5x7: centre-cropped and resized to 8x8' in caplog.text
 
 
-def test_import_flags_missing_or_given_to_another_mode(trained, tmp_path):
-    run = _copy(trained, tmp_path)
-    before = _files(run)
+def test_import_flags_missing_or_given_to_another_mode(trained_chain, tmp_path):
+    run = _copy(trained_chain, tmp_path)
+    before = workdir_files(run)
     rc, err = run_main(f'--workdir={run}', '--mode=import', '--import_level=0')
     one_error_line(rc, err, '--mode=import needs --import_from')
     rc, err = run_main(f'--workdir={run}', '--mode=train', f'--import_from={tmp_path / "x.pth"}', **TRAINED)
     one_error_line(rc, err, '--import_from is for --mode=import only, not --mode=train')
-    assert _kept(before, run) and set(_files(run)) == set(before)
+    assert _kept(before, run) and set(workdir_files(run)) == set(before)
 
 
 def test_tuple_settings_given_as_text_name_the_field():
@@ -224,9 +211,9 @@ def test_one_image_makes_no_statistics_and_no_pca(tmp_path):
     _one_line(e, 'level 1 of the patch-PCA chain keeps 3 directions but is fitted on 1 patch(es) (1 per image)')
 
 
-def test_inpainting_keeps_earlier_results_and_names_apart(trained, tmp_path, caplog):
+def test_inpainting_keeps_earlier_results_and_names_apart(trained_chain, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger='absl')
-    run = _copy(trained, tmp_path)
+    run = _copy(trained_chain, tmp_path)
     inputs = _images(tmp_path / 'in', ['a/x.png', 'b/x.png', 'y.png'])
     settings = tiny_settings(**TRAINED, eval__cond_input_dir=inputs, sampling__method='ode_heun',
                              sampling__nfe_budget=2, eval__batch_size=4)
@@ -236,7 +223,7 @@ def test_inpainting_keeps_earlier_results_and_names_apart(trained, tmp_path, cap
     assert written == ['a/x.png', 'b/x.png', 'grid.png', 'y.png']  # one stem in two folders: two results
     assert 'wrote 3 result(s) and grid.png' in caplog.text
     assert 'sampling.nfe_budget=2 is below the least ode_heun spends on this 2-stage solve' in caplog.text
-    before = _files(run)
+    before = workdir_files(run)
     with pytest.raises(ValueError) as e:  # another mask into the same folder: refused before anything runs
         conditional.inpaint(tiny_settings(**TRAINED, eval__cond_input_dir=inputs, eval__cond_mask='right_half'),
                             str(run))
@@ -248,22 +235,22 @@ def test_inpainting_keeps_earlier_results_and_names_apart(trained, tmp_path, cap
     assert _kept(before, run) and not (run / 'other').exists()
 
 
-def test_cutoffs_count_true_and_never_replace_other_results(trained, tmp_path, caplog):
+def test_cutoffs_count_true_and_never_replace_other_results(trained_chain, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger='absl')
-    run = _copy(trained, tmp_path)
+    run = _copy(trained_chain, tmp_path)
     few = _images(tmp_path / 'few', ['a.png', 'b.png', 'c.png'])  # fewer than cutoff_num_examples
     overrides = dict(**TRAINED, data__dataset='folder', data__data_dir=few, subspace__cutoff_times_num=2,
                      subspace__cutoff_num_examples=16, subspace__cutoff_batch_size=16)
     result = cutoffs.cutoffs(tiny_settings(**overrides), str(run))
     assert result['num_examples'] == 3 and 'the training set holds 3 examples, fewer than' in caplog.text
-    before = _files(run)
+    before = workdir_files(run)
     cutoffs.cutoffs(tiny_settings(**overrides), str(run))  # the same inputs: the same numbers, rewritten
-    assert _files(run) == before
+    assert workdir_files(run) == before
     with pytest.raises(ValueError) as e:
         cutoffs.cutoffs(tiny_settings(**{**overrides, 'subspace__cutoff_threshold': 1e-2}), str(run))
     _one_line(e, 'cutoffs.json holds cutoffs computed from other inputs (subspace.cutoff_threshold)',
               'move cutoffs.json and cutoffs.png away')
-    assert _files(run) == before
+    assert workdir_files(run) == before
 
 
 # ----------------------------------------------------------------------------- issue 29: 6
@@ -358,10 +345,10 @@ def test_exif_rotation_rgba_masks_and_a_missing_mask(tmp_path):
     assert 'remove or replace' not in str(e.value)
 
 
-def test_the_budget_note_only_where_the_budget_cannot_be_kept(trained):
+def test_the_budget_note_only_where_the_budget_cannot_be_kept(trained_chain):
     settings = tiny_settings(**TRAINED)
     exp = Experiment.build(settings, (0, 1))
-    diffusion = exp.diffusion(statistics.load(settings, exp.chain, str(trained)))
+    diffusion = exp.diffusion(statistics.load(settings, exp.chain, str(trained_chain)))
     sampling = tiny_settings(sampling__method='dpm_solver++', sampling__nfe_budget=2).sampling
     assert below_minimum(diffusion, sampling).startswith('sampling.nfe_budget=2 is below the least dpm_solver++ '
                                                          'spends on this 2-stage solve (one step per stage: 2.25')
@@ -389,21 +376,21 @@ def test_folder_counts_and_a_data_set_too_large_for_memory(tmp_path, caplog, mon
 # ----------------------------------------------------------------------------- what the trial found besides
 
 
-def test_a_stray_argument_and_an_empty_workdir(trained, tmp_path):
-    run = _copy(trained, tmp_path)
-    before = _files(run)
+def test_a_stray_argument_and_an_empty_workdir(trained_chain, tmp_path):
+    run = _copy(trained_chain, tmp_path)
+    before = workdir_files(run)
     out = subprocess.run(main_cmd('train', f'--workdir={run}', '--mode=train', **TRAINED), env=main_env(),
                          capture_output=True, text=True, cwd=ROOT, timeout=300)
     one_error_line(out.returncode, out.stderr, 'unexpected argument(s) train: every input is a flag, e.g. --mode=train')
-    assert _files(run) == before
+    assert workdir_files(run) == before
     with pytest.raises(ValueError) as e:
         cli.check_workdir('')
     _one_line(e, '--workdir is empty')
 
 
-def test_ctrl_c_outside_training_is_one_line(trained, tmp_path):
-    run = _copy(trained, tmp_path)
-    before = _files(run)
+def test_ctrl_c_outside_training_is_one_line(trained_chain, tmp_path):
+    run = _copy(trained_chain, tmp_path)
+    before = workdir_files(run)
     log = tmp_path / 'log'
     with open(log, 'w') as f:  # the divergence over 1,498 batches of one: interrupted once it has begun
         proc = subprocess.Popen(main_cmd('--mode=cutoffs', f'--workdir={run}', **TRAINED, subspace__cutoff_batch_size=1,
@@ -415,10 +402,10 @@ def test_ctrl_c_outside_training_is_one_line(trained, tmp_path):
         rc = proc.wait(timeout=120)
     one_error_line(rc, log.read_text(), 'interrupted (Ctrl-C): --mode=cutoffs stopped; every file it wrote is whole, '
                                         'rerun the same command to carry on')
-    assert rc == 130 and _files(run) == before  # nothing half-written: cutoffs.json comes whole at the end
+    assert rc == 130 and workdir_files(run) == before  # nothing half-written: cutoffs.json comes whole at the end
 
 
-def test_settings_the_trial_found_unchecked(trained, tmp_path):
+def test_settings_the_trial_found_unchecked(trained_chain, tmp_path):
     for overrides, expected in [
         ({'eval__num_samples': 1}, 'config.eval.num_samples: must be >= 2, got 1'),  # no covariance of one sample
         ({'eval__folder': 'checkpoints'}, "config.eval.folder: 'checkpoints' is a folder training writes"),
@@ -428,10 +415,10 @@ def test_settings_the_trial_found_unchecked(trained, tmp_path):
         with pytest.raises(ValueError) as e:
             tiny_settings(**overrides)
         _one_line(e, expected)
-    run = _copy(trained, tmp_path)
-    before = _files(run)
+    run = _copy(trained_chain, tmp_path)
+    before = workdir_files(run)
     mine = tmp_path / 'mine.npz'
     with pytest.raises(ValueError) as e:  # the user's file is read, never written
         subspace_stats.subspace_stats(tiny_settings(**TRAINED, subspace__stats_path=str(mine)), str(run))
     _one_line(e, f'config.subspace.stats_path={mine} is only ever read')
-    assert not mine.exists() and _files(run) == before
+    assert not mine.exists() and workdir_files(run) == before

@@ -1,8 +1,11 @@
 """The quick digits config shrunk for tests: 8 px, one U-Net resolution (compiles fast), batch 16, frequent checkpoints;
-and main.py run on it as a user runs it (a subprocess)."""
+and main.py run on it as a user runs it (a subprocess); and the files of a workdir, hashed, to show what a run kept."""
+import glob
+import hashlib
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from configs import quick_digits
 from subspace_diffusion.run.settings import Settings
@@ -53,6 +56,17 @@ def train_tiny_chain(path):
     train.train(settings, path)
     statistics.load(settings, build_chain(settings), str(path))
     return path
+
+
+def workdir_files(workdir, skip=()) -> dict:
+    """{relative path: sha1} of every file under `workdir` but hidden ones (locks, probes) and those whose relative
+    path starts with one of `skip`."""
+    files = {}
+    for path in glob.glob(os.path.join(workdir, '**', '*'), recursive=True):  # glob skips hidden names
+        rel = os.path.relpath(path, workdir)
+        if os.path.isfile(path) and not rel.startswith(tuple(skip)):
+            files[rel] = hashlib.sha1(Path(path).read_bytes()).hexdigest()
+    return files
 
 
 def main_env() -> dict:
