@@ -264,6 +264,17 @@ def test_idx_datasets_with_labels_and_padding(tmp_path, dataset, gz):
     assert next(data.get_dataset(native, 'test', 8))['image'].shape == (8, 28, 28, 1)
 
 
+def test_training_images_with_labels_keep_each_shuffled_image_with_its_label(tmp_path):
+    images, labels = idx_folder(tmp_path, gz=False)['train']
+    cfg = _config('mnist', image_size=28, data_dir=str(tmp_path))
+    pairs = list(data.training_images(cfg, 4, labels=True))
+    x, y = np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs])
+    np.testing.assert_array_equal(x, np.concatenate(list(data.training_images(cfg, 4))))  # the same pass
+    rows = [int(np.abs(images / 255. - xi[..., 0]).reshape(len(images), -1).sum(1).argmin()) for xi in x]
+    assert sorted(rows) == list(range(len(images))) and rows != sorted(rows)  # each image once, shuffled
+    np.testing.assert_array_equal(y, labels[rows])
+
+
 def test_damaged_idx_files_are_one_line(tmp_path):
     from subspace_diffusion.formats.files import FileProblem
     cfg = _config('mnist', image_size=28, data_dir=str(tmp_path))

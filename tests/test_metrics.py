@@ -8,8 +8,11 @@ import pytest
 
 from subspace_diffusion.evaluation import quality
 from subspace_diffusion.formats.files import FileProblem
-from subspace_diffusion.metrics import fid
+from subspace_diffusion.formats.images import to_uint8
+from subspace_diffusion.metrics import classifier, fid
 from subspace_diffusion.metrics import inception as inc
+from subspace_diffusion.run import data
+from tiny import tiny_settings
 
 
 def _psd_sqrt(a):
@@ -150,7 +153,6 @@ def test_inception_fn_forward(tmp_path):
 
 
 def test_classifier_frechet_distance_is_zero_for_a_split_and_grows_with_noise():
-    from subspace_diffusion.metrics import classifier
     # Two classes of 16x16 images, bright on the left or on the right half, with pixel noise.
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 2, 400)
@@ -172,3 +174,24 @@ def test_classifier_frechet_distance_is_zero_for_a_split_and_grows_with_noise():
     assert distances[1] > 100 * abs(self_distance) and distances[2] > 1
     kid = fid.kernel_distance(feats(images), feats(np.clip(images + 0.6 * rng.normal(size=images.shape), 0, 1)))
     assert kid[0] > 10 * kid[1] > 0
+
+
+def test_per_class_scores_of_the_reference_split(tmp_path):
+    settings = tiny_settings(model__num_classes=10)  # the digits at 8 px: the MLP trains in seconds
+    scorer = quality.Scorer(settings, str(tmp_path))
+    images, labels = data.labelled_split(settings.data, settings.eval.ref_split)
+    images = to_uint8(images)
+    right = scorer.score(images, labels)
+    wrong = scorer.score(images, (labels + 1) % 10)
+    assert right['requested_class_accuracy'] > 0.9 and wrong['requested_class_accuracy'] < 0.1
+    # On noisy images the classifier errs: the share is the one its logits give, image by image.
+    noisy = to_uint8(np.clip(images / 255. + 0.3 * np.random.default_rng(0).normal(size=images.shape), 0, 1))
+    share = scorer.score(noisy, labels)['requested_class_accuracy']
+    x01 = classifier.pixel_features(noisy).reshape(noisy.shape)
+    assert share == classifier.accuracy(scorer.classifier.spec, scorer.classifier.params, x01, labels)
+    assert 0.2 < share < 0.9
+    # Each class of the reference split is at distance ~0 from itself, and far from the next class.
+    assert set(right['classifier_fd_per_class']) == {str(c) for c in range(10)}
+    assert max(abs(v) for v in right['classifier_fd_per_class'].values()) < 1e-2
+    assert min(wrong['classifier_fd_per_class'].values()) > 1
+    assert wrong['classifier_fd_class_mean'] == np.mean(list(wrong['classifier_fd_per_class'].values()))

@@ -95,7 +95,7 @@ class ClassifierFeatures:
             logging.info('trained the %s classifier of %s (test accuracy %.4f), cached at %s', self.spec.kind,
                          d.dataset, self.test_accuracy, path)
         self._fn = jax.jit(lambda x: classifier.features(self.spec, self.params, x))
-        self._logits = jax.jit(lambda x: classifier.logits(self.spec, self.params, x))
+        self._head = jax.jit(lambda f: classifier.head(self.spec, self.params, f))
 
     def _check_accuracy(self, d, then: str):
         """Refuse a classifier that has not learned the classes: distances in its features would mean nothing."""
@@ -125,10 +125,9 @@ class ClassifierFeatures:
         x = classifier.pixel_features(images).reshape(np.shape(images))
         return _batched(lambda b: (self._fn(jnp.asarray(b)),), x, 1000)[0]
 
-    def predict(self, images) -> np.ndarray:
-        """The class (N,) it sees in each of the uint8 images (N, H, W, C)."""
-        x = classifier.pixel_features(images).reshape(np.shape(images))
-        return _batched(lambda b: (self._logits(jnp.asarray(b)),), x, 1000)[0].argmax(axis=1)
+    def predict(self, feats) -> np.ndarray:
+        """The class (N,) it sees in images whose features (N, D) this extractor computed."""
+        return _batched(lambda b: (self._head(jnp.asarray(b)),), feats, 1000)[0].argmax(axis=1)
 
 
 class Scorer:
@@ -249,32 +248,35 @@ class Scorer:
             atomic_npz(path, **arrays)
         return arrays
 
-    def score_classes(self, images, labels) -> dict:
-        """Of class-conditional uint8 samples (N, H, W, C) with requested labels (N,): the share the classifier
-        assigns the requested class, and each requested class's classifier Frechet distance to that class of the
-        reference split (and their mean); a note where the data have no classifier."""
-        if 'classifier' not in self.features:
-            return {'class_metrics': f'skipped: no classifier for {self.settings.data.dataset}'}
+    def _class_scores(self, feats, labels) -> dict:
+        """Of classifier features (N, D) of class-conditional samples with requested labels (N,): the share the
+        classifier assigns the requested class, and each requested class's classifier Frechet distance to that class
+        of the reference split (and their mean)."""
         labels = np.asarray(labels)
         ref = self.class_reference()
-        feats = self.classifier(images)
         per_class = {}
         for c in np.unique(labels):
             if np.sum(labels == c) >= 2 and f'mu_{c}' in ref:
                 mu, sigma = fid.feature_stats(feats[labels == c])
                 per_class[str(int(c))] = fid.frechet_distance(mu, sigma, ref[f'mu_{c}'], ref[f'sigma_{c}'])
-        out = {'requested_class_accuracy': float(np.mean(self.classifier.predict(images) == labels)),
+        out = {'requested_class_accuracy': float(np.mean(self.classifier.predict(feats) == labels)),
                'classifier_fd_per_class': per_class}
         if per_class:
             out['classifier_fd_class_mean'] = float(np.mean(list(per_class.values())))
         return out
 
-    def score(self, images) -> dict:
-        """Frechet distances (pixel, classifier, Inception), KID and IS of uint8 samples (N, H, W, C)."""
+    def score(self, images, labels=None) -> dict:
+        """Frechet distances (pixel, classifier, Inception), KID and IS of uint8 samples (N, H, W, C); with the
+        requested labels (N,) of class-conditional samples also their class metrics (`_class_scores`), from the
+        same classifier features."""
         out = {} if self.inception else {'inception_metrics': 'skipped: no FID Inception weights (eval.inception_weights)'}
+        if labels is not None and 'classifier' not in self.features:
+            out['class_metrics'] = f'skipped: no classifier for {self.settings.data.dataset}'
         if not self.names:
             return out  # large images without Inception weights: no Frechet distance applies
         feats = self.extract(images)
+        if labels is not None and 'classifier' in feats:
+            out.update(self._class_scores(feats['classifier'], labels))
         ref = self.reference()
         out['reference'] = f'{self.ref_stats_path()} ({ref["split"]} split, {int(ref["num_examples"])} images)'
         if 'classifier' in feats:

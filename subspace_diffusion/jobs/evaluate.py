@@ -90,9 +90,9 @@ def evaluate(settings: Settings, workdir) -> list:
             grid = os.path.join(folder, 'samples_grid.png')
             if parallel.is_main_process() and not os.path.exists(grid):
                 save_image_grid(images[:ev.batch_size] / 255., grid)
-            metrics.update(scorer.score(images))
             if plan.labels is not None:
-                metrics.update(guidance=settings.sampling.guidance, **scorer.score_classes(images, plan.labels))
+                metrics['guidance'] = settings.sampling.guidance
+            metrics.update(scorer.score(images, plan.labels))
         if ev.enable_bpd:
             metrics.update(split_bpd(settings, diffusion, exp.networks.scores, params, mesh))
         if parallel.is_main_process():

@@ -100,10 +100,15 @@ def features(spec: ClassifierSpec, params: dict, x01) -> jnp.ndarray:
     return jnp.tanh(h.reshape(h.shape[0], -1) @ params['w0'] + params['b0'])
 
 
+def head(spec: ClassifierSpec, params: dict, feats) -> jnp.ndarray:
+    """(N, D) tanh features of `features` -> (N, classes) logits."""
+    n = len(MLP_HIDDEN) if spec.kind == 'mlp' else 1
+    return feats @ params[f'w{n}'] + params[f'b{n}']
+
+
 def logits(spec: ClassifierSpec, params: dict, x01) -> jnp.ndarray:
     """(N, H, W, C) [0,1] images -> (N, classes)."""
-    n = len(MLP_HIDDEN) if spec.kind == 'mlp' else 1
-    return features(spec, params, x01) @ params[f'w{n}'] + params[f'b{n}']
+    return head(spec, params, features(spec, params, x01))
 
 
 def train(spec: ClassifierSpec, images, labels, seed: int = 0, on_step=None) -> dict:

@@ -456,6 +456,8 @@ def labelled_split(d, split: str):
     return np.concatenate([b['image'] for b in parts]), np.concatenate([b['label'] for b in parts])
 
 
-def training_images(d, batch_size: int = 256):
-    """One pass over the training images (B, H, W, C) in model space, without flips or dequantisation noise."""
-    return (b['image'] for b in get_dataset(d, 'train', batch_size, augment=False, repeat=False))
+def training_images(d, batch_size: int = 256, labels: bool = False):
+    """One pass over the training images (B, H, W, C) in model space, without flips or dequantisation noise; with
+    `labels`, (images, labels int32 (B,)) pairs of a labelled dataset."""
+    batches = get_dataset(d, 'train', batch_size, augment=False, repeat=False)
+    return ((b['image'], b['label']) for b in batches) if labels else (b['image'] for b in batches)

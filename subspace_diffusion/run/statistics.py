@@ -25,7 +25,7 @@ from subspace_diffusion.formats.files import (
     atomic_npz,
     read_npz,
 )
-from subspace_diffusion.run.data import get_dataset, training_images
+from subspace_diffusion.run.data import training_images
 
 
 def stats_path(settings, chain: Chain, workdir) -> str:
@@ -73,12 +73,7 @@ def measure(settings, chain: Chain, workdir=None) -> PieceStats:
     classes = _classes(settings)
     logging.info('measuring the statistics of the %s on the training set%s', describe_chain(chain),
                  f', per class of {classes}' if classes else '')
-    if classes:
-        batches = ((b['image'], b['label']) for b in get_dataset(settings.data, 'train', 256, augment=False,
-                                                                  repeat=False))
-    else:
-        batches = training_images(settings.data)
-    stats = compute_stats(chain, batches, classes)
+    stats = compute_stats(chain, training_images(settings.data, labels=bool(classes)), classes)
     for k in range(1, chain.num_levels + 1):
         logging.info('level %d %s: RMS distance per orthogonal dim %.4f, piece sigma_perp %.4f%s', k,
                      'x'.join(map(str, chain.shapes[k])), stats.rms_distance[k - 1], stats.sigma_perp[k - 1],
