@@ -76,7 +76,7 @@ class Diffusion:
     def labelled(self, labels) -> 'Diffusion':
         """The process of samples with class labels (B,): lifts from each one's class statistics where the chain has
         them (`Subspace.labelled`), else this process."""
-        if self.subspace is None or not self.subspace.has_class_stats:
+        if self.subspace is None:
             return self
         return dataclasses.replace(self, subspace=self.subspace.labelled(labels))
 

@@ -419,11 +419,9 @@ class Subspace:
 
     def labelled(self, labels) -> 'Subspace':
         """This subspace for samples of class labels (B,) int: piece c's statistics for a sample of class c, the
-        whole data set's for label num_classes (no label). Exact for per-class Gaussians (SPEC section 5)."""
-        if not self.has_class_stats:
-            raise ValueError('per-class lifts need per-class statistics: measure them with '
-                             'config.subspace.class_stats=True (main.py --mode=subspace_stats)')
-        return dataclasses.replace(self, labels=labels)
+        whole data set's for label num_classes (no label), exact for per-class Gaussians (SPEC section 5); without
+        per-class statistics, the data set's for every sample (this subspace)."""
+        return dataclasses.replace(self, labels=labels) if self.has_class_stats else self
 
     def mu_full(self, j: int):
         """mu_j embedded in full space, shape shapes[0]."""
