@@ -31,7 +31,7 @@ sys.path.insert(0, ROOT)
 import subspace_diffusion as sd  # noqa: E402
 from configs import fashion_mnist  # noqa: E402
 from noise_fraction import THRESHOLD, roughness  # noqa: E402
-from subspace_diffusion.core.likelihood import Tolerance, odeint, ode_drift_and_div, require_finished  # noqa: E402
+from subspace_diffusion.core.likelihood import odeint, ode_drift_and_div, require_finished  # noqa: E402
 from subspace_diffusion.core.ode import ODEConfig, ode_solve, plan  # noqa: E402
 from subspace_diffusion.formats.images import to_uint8  # noqa: E402
 from subspace_diffusion.run import data  # noqa: E402

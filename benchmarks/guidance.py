@@ -29,7 +29,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from configs import fashion_mnist  # noqa: E402
 from results import save_result  # noqa: E402
-from steps import Steps, log_seconds, over_seeds, read_metrics  # noqa: E402
+from steps import Steps, eval_folder, joined, log_seconds, over_seeds, read_metrics, save_enlarged  # noqa: E402
 
 CONFIG = os.path.join(ROOT, 'configs', 'fashion_mnist.py')
 CLASSES = 10
@@ -55,7 +55,7 @@ def _method(args) -> dict:
 
 def _folder(space: str, w: float, seed: int) -> str:
     """The eval.folder of one variant at one seed."""
-    return re.sub(r'[^\w]+', '_', f'{space} w{w:g}') + f'_seed{seed}'
+    return eval_folder(f'{space} w{w:g}', seed)
 
 
 def _result(folder, step) -> str:
@@ -164,7 +164,6 @@ def _figures(w, args, result: dict, folder):
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    from PIL import Image
 
     from subspace_diffusion.formats.images import image_grid
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
@@ -186,15 +185,9 @@ def _figures(w, args, result: dict, folder):
     per_class, seed = min(6, args.num_samples // CLASSES), args.seeds[0]
     panels = [image_grid(class_rows(os.path.join(w('eval', _folder(space, g, seed)), f'step_{args.steps}'),
                                     per_class) / 255., ncol=per_class) for space in SPACES for g in args.guidance]
-    blank = np.full((panels[0].shape[0], 8, panels[0].shape[2]), 255, np.uint8)
-    lines = []
-    for i in range(len(SPACES)):
-        row = panels[i * len(args.guidance):(i + 1) * len(args.guidance)]
-        lines.append(np.concatenate([part for panel in row for part in (blank, panel)][1:], axis=1))
-    gap = np.full((8, lines[0].shape[1], lines[0].shape[2]), 255, np.uint8)
-    grid = np.concatenate([part for line in lines for part in (gap, line)][1:], axis=0)
-    img = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
-    img.resize((img.size[0] * 2, img.size[1] * 2), Image.NEAREST).save(os.path.join(folder, 'guidance_samples.png'))
+    n = len(args.guidance)
+    lines = [joined(panels[i * n:(i + 1) * n], 8) for i in range(len(SPACES))]
+    save_enlarged(joined(lines, 8, axis=0), 2, os.path.join(folder, 'guidance_samples.png'))
 
 
 if __name__ == '__main__':

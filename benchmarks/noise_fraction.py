@@ -25,14 +25,19 @@ def roughness(samples) -> np.ndarray:
     return np.abs(np.diff(x, axis=1)).mean((1, 2, 3)) + np.abs(np.diff(x, axis=2)).mean((1, 2, 3))
 
 
+def folder_samples(folder) -> np.ndarray:
+    """The uint8 samples (N, H, W, C) of an evaluation's step_<n> folder, its samples_*.npz shards in order."""
+    shards = sorted(glob.glob(os.path.join(folder, 'samples_*.npz')))
+    if not shards:
+        sys.exit(f'error: no samples_*.npz in {folder}: give the step_<n> folder of an evaluation')
+    return np.concatenate([np.load(p)['samples'] for p in shards])
+
+
 def main():
     result = {'command': 'python benchmarks/noise_fraction.py ' + ' '.join(sys.argv[1:]), 'threshold': THRESHOLD,
               'folders': {}}
     for folder in sys.argv[1:]:
-        shards = sorted(glob.glob(os.path.join(folder, 'samples_*.npz')))
-        if not shards:
-            sys.exit(f'error: no samples_*.npz in {folder}: give the step_<n> folder of an evaluation')
-        r = roughness(np.concatenate([np.load(p)['samples'] for p in shards]))
+        r = roughness(folder_samples(folder))
         result['folders'][folder] = {'samples': len(r), 'noise_share': float(np.mean(r > THRESHOLD)),
                                      'median': float(np.median(r)), 'p90': float(np.percentile(r, 90))}
     save_result('noise_fraction', result)

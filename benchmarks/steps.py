@@ -84,13 +84,29 @@ def over_seeds(name: str, runs: list, keys) -> dict:
     return summary
 
 
+def eval_folder(variant: str, seed: int) -> str:
+    """The eval.folder of one variant's evaluation at one seed: its name with every run of non-word characters '_'."""
+    return re.sub(r'[^\w]+', '_', variant) + f'_seed{seed}'
+
+
+def joined(panels, gap: int, axis: int = 1) -> np.ndarray:
+    """uint8 image arrays (H, W, C) joined along `axis` (1: side by side, 0: stacked) with white gaps of `gap` px."""
+    shape = list(panels[0].shape)
+    shape[axis] = gap
+    space = np.full(shape, 255, np.uint8)
+    return np.concatenate([part for panel in panels for part in (space, panel)][1:], axis=axis)
+
+
+def save_enlarged(image, scale: int, path):
+    """Write a uint8 image (H, W, C) to `path` as PNG, each pixel a scale x scale block."""
+    img = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+    img.resize((img.size[0] * scale, img.size[1] * scale), Image.NEAREST).save(path)
+
+
 def sample_panels(folders, count: int, ncol: int, gap: int, scale: int, path):
     """The first `count` samples of each eval folder (samples_0.npz) as grids side by side, enlarged, to `path`."""
     panels = []
     for folder in folders:
         with np.load(os.path.join(folder, 'samples_0.npz')) as f:
             panels.append(image_grid(f['samples'][:count] / 255., ncol=ncol))
-    space = np.full((panels[0].shape[0], gap, panels[0].shape[2]), 255, np.uint8)
-    row = np.concatenate([part for panel in panels for part in (space, panel)][1:], axis=1)
-    img = Image.fromarray(row[..., 0] if row.shape[-1] == 1 else row)
-    img.resize((img.size[0] * scale, img.size[1] * scale), Image.NEAREST).save(path)
+    save_enlarged(joined(panels, gap), scale, path)

@@ -19,7 +19,6 @@ import argparse
 import glob
 import json
 import os
-import re
 import sys
 
 import numpy as np
@@ -28,9 +27,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, 'tests'))
 from configs import fashion_mnist  # noqa: E402
-from noise_fraction import THRESHOLD, roughness  # noqa: E402
+from noise_fraction import THRESHOLD, folder_samples, roughness  # noqa: E402
 from results import save_result  # noqa: E402
-from steps import Steps, log_seconds, over_seeds, read_metrics, sample_panels  # noqa: E402
+from steps import Steps, eval_folder, log_seconds, over_seeds, read_metrics, sample_panels  # noqa: E402
 from tensorboard_events import scalars  # noqa: E402
 
 CONFIG = os.path.join(ROOT, 'configs', 'fashion_mnist.py')
@@ -55,13 +54,12 @@ def _flags(workdir, data_dir, **extra):
 
 def _folder(space: str, method: str, seed: int) -> str:
     """The eval.folder of one variant at one seed."""
-    return re.sub(r'[^\w]+', '_', f'{space} {method}') + f'_seed{seed}'
+    return eval_folder(f'{space} {method}', seed)
 
 
 def noise_share(folder) -> float:
     """Share of an eval folder's samples that are noise (benchmarks/noise_fraction.py's criterion)."""
-    samples = np.concatenate([np.load(p)['samples'] for p in sorted(glob.glob(os.path.join(folder, 'samples_*.npz')))])
-    return float(np.mean(roughness(samples) > THRESHOLD))
+    return float(np.mean(roughness(folder_samples(folder)) > THRESHOLD))
 
 
 def _seeds_at(stage, args):
