@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from PIL import Image
 
 import subspace_diffusion as sd
 from subspace_diffusion import api
@@ -30,6 +31,7 @@ from subspace_diffusion.core.pc import PCConfig
 from subspace_diffusion.core.sampling import SamplerConfig, cost, make_sampler
 from subspace_diffusion.core.sde import SDE, bcast
 from subspace_diffusion.core.subspaces import PieceStats, PoolingChain, Subspace
+from subspace_diffusion.jobs import conditional as conditional_job
 from subspace_diffusion.jobs import evaluate, subspace_stats, train
 from subspace_diffusion.run import data, statistics
 from subspace_diffusion.run.experiment import Experiment
@@ -243,6 +245,11 @@ def test_sampler_refuses_labels_it_cannot_use():
     labelled = make_sampler(full, CONFIGS['pc'], lambda p: [exact_network(0)], num_classes=NULL)
     with pytest.raises(ValueError, match=r'class label 3 is out of range: the model has classes 0..1 \(2 = no label\)'):
         labelled.sample(None, jax.random.PRNGKey(0), 2, np.array([0, 3]))
+    # Guided towards no label is the unlabelled score at twice the cost: refused rather than paid for.
+    guided = make_sampler(full, dataclasses.replace(CONFIGS['pc'], guidance=1.0), lambda p: [exact_network(0)],
+                          num_classes=NULL)
+    with pytest.raises(ValueError, match='config.sampling.guidance=1 steers samples towards their class labels'):
+        guided.sample(None, jax.random.PRNGKey(0), 2)
 
 
 def test_class_embedding_only_in_conditional_networks():
@@ -307,6 +314,14 @@ def test_conditional_run_end_to_end(conditional_run):
     assert metrics['nfe_per_sample'] == 2 * unguided.effective_nfe
     folder = os.path.join(conditional_run, 'eval', f'step_{metrics["step"]}')
     assert np.load(os.path.join(folder, 'samples_1.npz'))['labels'].tolist() == [3, 7]
+    # Inpainting is steered by the known pixels, not a label: the same settings (guidance 1) inpaint unlabelled.
+    inputs = os.path.join(conditional_run, 'inputs')
+    os.makedirs(inputs)
+    Image.fromarray((data.labelled_split(settings.data, 'test')[0][0, ..., 0] * 255).astype(np.uint8)).save(
+        os.path.join(inputs, 'a.png'))
+    conditional_job.inpaint(dataclasses.replace(settings, eval=dataclasses.replace(
+        settings.eval, cond_input_dir=inputs)), conditional_run)
+    assert os.path.exists(os.path.join(conditional_run, 'inpaint', 'a.png'))
 
     model = sd.load(conditional_run, levels=(0,))
     assert model.num_classes == 10 and model.params['level_0']['class_embedding']['embedding'].shape == (11, 32)

@@ -154,7 +154,8 @@ def make_sampler(diffusion: Diffusion, cfg: SamplerConfig, build_scores: Callabl
     V_k from T down to its cutoff t_k, denoised there and shown up-projected. `measurement(aux)` -> a
     projector Pi (conditional.py): then the sampler keeps Pi data and fills in the rest.
     num_classes > 0: the scores are a class-conditional network's, s(x, t, y), and the sampler takes class labels
-    (B,) int (`labels=`, num_classes = no label; None: no label for every sample), sampled under cfg.guidance.
+    (B,) int (`labels=`, num_classes = no label; None: no label for every sample, at guidance 0 only), sampled
+    under cfg.guidance.
     """
     if cfg.guidance and not num_classes:
         raise ValueError(f'config.sampling.guidance={cfg.guidance:g} needs a class-conditional model '
@@ -184,6 +185,9 @@ def make_sampler(diffusion: Diffusion, cfg: SamplerConfig, build_scores: Callabl
             if labels is not None:
                 guidance.check_labels(labels, batch_size, num_classes)  # refuses them
             return None
+        if labels is None and cfg.guidance:  # guided towards no label is the unlabelled score at twice the cost
+            raise ValueError(f'config.sampling.guidance={cfg.guidance:g} steers samples towards their class labels: '
+                             f'pass labels, or sample unlabelled at guidance 0')
         return guidance.check_labels(np.full(batch_size, num_classes) if labels is None else labels, batch_size,
                                      num_classes)
 

@@ -3,6 +3,7 @@
 The sampler is the factory's sampler of `sampling.method` (PC, Heun or DPM-Solver++; the adaptive solver has
 no grid to impose the known part on) with a measurement: the known part replaced after every move.
 """
+import dataclasses
 import os
 import shutil
 import time
@@ -99,8 +100,12 @@ def _conditional_job(settings: Settings, workdir, task: str):
     stats = statistics.load(settings, exp.chain, workdir) if levels != (0,) else None
     measurement = conditional.inpainting if task == 'inpaint' else lambda aux: conditional.colorization()
     diffusion = exp.diffusion(stats)
-    sampler = make_sampler(diffusion, settings.sampling, exp.networks.scores, measurement=measurement)
-    note = below_minimum(diffusion, settings.sampling)
+    # The measurement, not a class label, steers these samples: a class-conditional network runs unlabelled, and
+    # guidance, which needs labels, does not apply.
+    cfg = dataclasses.replace(settings.sampling, guidance=0.)
+    sampler = make_sampler(diffusion, cfg, exp.networks.scores, measurement=measurement,
+                           num_classes=exp.networks.num_classes)
+    note = below_minimum(diffusion, cfg)
     if note:
         logging.info('%s', note)
     n = len(names)
