@@ -27,7 +27,6 @@ from subspace_diffusion.core.sampling import Sampler, least_nfe, make_sampler
 from subspace_diffusion.evaluation.bpd import BPD_STREAM, bpd_function
 from subspace_diffusion.formats.images import save_image_grid
 from subspace_diffusion.run import data, loading, parallel, records, statistics
-from subspace_diffusion.run.checkpoints import Checkpoints
 from subspace_diffusion.run.experiment import Experiment, level_shapes
 from subspace_diffusion.run.settings import Settings
 
@@ -35,25 +34,12 @@ from subspace_diffusion.run.settings import Settings
 RECORDS = ('config_train.json', 'config_import.json', 'config_eval.json')
 
 
-def _newest_step(workdir: str) -> Optional[int]:
-    """The step of the workdir's newest checkpoint, None without one."""
-    ckpts = Checkpoints(workdir, read_only=True)
-    try:
-        return ckpts.latest_step()
-    finally:
-        ckpts.close()
-
-
-def _config_of(workdir: str, config, step: Optional[int]):
-    """The ml_collections config: `config` if given, else the record the checkpoint at `step` (None: the workdir
-    holds no checkpoint) names, else the first of RECORDS the workdir holds."""
+def _config_of(workdir: str, config, step: Optional[int], meta: dict):
+    """The ml_collections config: `config` if given, else the record the checkpoint (at `step`, with `meta`; None
+    and {}: the workdir holds no checkpoint) names, else the first of RECORDS the workdir holds."""
     if config is not None:
         return check.config(config)
-    ckpts = Checkpoints(workdir, read_only=True)
-    try:
-        name = None if step is None else ckpts.read_meta(step).get(records.META_KEY)
-    finally:
-        ckpts.close()
+    name = meta.get(records.META_KEY)
     if name is not None:
         return ml_collections.ConfigDict(records.read(workdir, name, step))
     for name in RECORDS:
@@ -74,12 +60,12 @@ def load(workdir, config=None, levels: Optional[Sequence[int]] = None, step: Opt
     (default: the newest).
     """
     workdir, asked = check.workdir(workdir), check.step(step)
-    step = _newest_step(workdir) if asked is None else asked  # one step for the settings, the levels and the params
-    settings = Settings.from_config(_config_of(workdir, config, step))
+    step, meta = loading.checkpoint_at(workdir, asked)  # one step for the settings, the levels and the params
+    settings = Settings.from_config(_config_of(workdir, config, step, meta))
     K = settings.subspace.levels
     levels = check.levels(levels, K)
     if levels is None:
-        held = set(loading.held_levels(workdir, step))
+        held = set(meta.get('levels', ()))
         levels = tuple(range(K + 1)) if K and set(range(K + 1)) <= held else \
             tuple(held) if len(held) == 1 and 0 not in held else (0,)
     try:

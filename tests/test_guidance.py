@@ -252,6 +252,19 @@ def test_sampler_refuses_labels_it_cannot_use():
         guided.sample(None, jax.random.PRNGKey(0), 2)
 
 
+def test_training_refuses_data_labels_outside_the_models_classes():
+    """The data's labels are checked as they are read: the first label outside 0..num_classes-1 is named."""
+    def stream(labels):
+        return iter([{'image': np.zeros((2, 4, 4, 1), np.float32), 'label': np.array(labels, np.int32)}] * 2)
+
+    images, labels = train._host_batch(stream([0, 2]), 2, 3)
+    assert images.shape == (2, 2, 4, 4, 1) and labels.tolist() == [[0, 2], [0, 2]]
+    for bad, named in (([0, 5], 5), ([-1, 1], -1)):
+        with pytest.raises(ValueError, match=rf'class label {named}, outside the model\'s classes 0..2: set '
+                                             r'config.model.num_classes'):
+            train._host_batch(stream(bad), 2, 3)
+
+
 def test_class_embedding_only_in_conditional_networks():
     shapes = {0: (8, 8, 1), 1: (16,)}  # an image level (NCSN++) and a vector level (the MLP)
     trees = {}

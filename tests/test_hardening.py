@@ -23,6 +23,7 @@ import torch_format
 from PIL import Image
 from tiny import (
     ROOT,
+    files_kept,
     main_env,
     one_error_line,
     run_main,
@@ -52,15 +53,14 @@ ACCEPTED = {
 }
 
 
-def _unchanged(before: dict, workdir) -> bool:
-    """Every file the run kept before is still there, byte for byte (caches written since may be new)."""
-    after = _contents(workdir)
-    return all(after.get(rel) == digest for rel, digest in before.items())
+# What a run keeps (checkpoints, statistics, metrics, samples) is every file but the settings records (rewritten
+# by each run) and the locks (hidden files, which workdir_files never lists).
+RECORDS = ('config_',)
 
 
 def _contents(workdir) -> dict:
-    """{relative path: sha1} of what a run keeps (checkpoints, statistics, metrics, samples), not records or locks."""
-    return workdir_files(workdir, skip=('config_',))  # the locks are hidden files, which it never lists
+    """{relative path: sha1} of what a run keeps."""
+    return workdir_files(workdir, RECORDS)
 
 
 # ----------------------------------------------------------------------------- 1. every setting range-checked
@@ -171,7 +171,7 @@ def _readers(tmp_path, trained_chain):
         'mask or folder image': ((tmp_path / 'mask.png').read_bytes(), read_image),
         'IDX file': (idx_bytes, lambda p: idx.read_idx(p, 3)),
         'torch checkpoint / Inception weights (.pth)': ((tmp_path / 'w.pth').read_bytes(), pth.load),
-        'settings record (.json)': (json_bytes, lambda p: api._config_of(os.path.dirname(p), None, None)),
+        'settings record (.json)': (json_bytes, lambda p: api._config_of(os.path.dirname(p), None, None, {})),
     }
 
 
@@ -226,7 +226,7 @@ def test_a_damaged_checkpoint_is_one_line_and_kept(trained_chain, tmp_path):
     rc, err = run_main(f'--workdir={run}', '--mode=eval', subspace__train_level=-1, eval__num_samples=4)
     last = one_error_line(rc, err, 'cannot be read')
     assert 'move it out of the way' in last and len(err.strip().splitlines()) < 15  # the log, then one line
-    assert _unchanged(before, run)
+    assert files_kept(before, run, RECORDS)
     rc, err = run_main('--mode=import', f'--workdir={tmp_path / "w"}', f'--import_from={tmp_path}', '--import_level=0')
     one_error_line(rc, err, 'is a directory, not a file')
 
@@ -347,7 +347,7 @@ def test_a_second_writer_is_refused_and_a_killed_holders_lock_taken_over(trained
         rc, err = run_main(f'--workdir={run}', '--mode=train', training__n_iters=4, subspace__train_level=-1)
         last = one_error_line(rc, err, 'is in use by another run (--mode=train on host')
         assert f'process {holder.pid}, since ' in last and 'wait for it to finish or stop it' in last
-        assert _unchanged(before, run)
+        assert files_kept(before, run, RECORDS)
         with WorkdirLock(str(run), 'eval'):  # an evaluation beside a training: another kind of writer
             with pytest.raises(WorkdirLocked):
                 WorkdirLock(str(run), 'import').__enter__()  # import writes checkpoints, as training does
@@ -436,4 +436,4 @@ def test_nothing_is_lost_after_any_bad_input(trained_chain, tmp_path):
     for overrides, args, expected in cases:
         rc, err = run_main(f'--workdir={run}', *args, subspace__train_level=-1, eval__num_samples=4, **overrides)
         one_error_line(rc, err, expected)
-        assert _unchanged(before, run), (args, overrides)
+        assert files_kept(before, run, RECORDS), (args, overrides)

@@ -23,7 +23,7 @@ from absl import flags
 from idx_files import idx_folder, write_idx
 from ml_collections import config_flags
 from PIL import Image
-from tiny import ROOT, main_cmd, main_env, one_error_line, run_main, tiny_settings, workdir_files
+from tiny import ROOT, files_kept, main_cmd, main_env, one_error_line, run_main, tiny_settings, workdir_files
 
 from subspace_diffusion import cli
 from subspace_diffusion.core.sampling import below_minimum
@@ -42,12 +42,6 @@ TRAINED = dict(subspace__train_level=-1)  # the settings trained_chain (conftest
 
 def _copy(trained_chain, tmp_path):
     return shutil.copytree(trained_chain, tmp_path / 'run')
-
-
-def _kept(before: dict, workdir) -> bool:
-    """Every earlier file is still there, byte for byte."""
-    after = workdir_files(workdir)
-    return all(after.get(rel) == digest for rel, digest in before.items())
 
 
 def _one_line(error, *expected) -> str:
@@ -119,7 +113,7 @@ def test_damaged_empty_or_foreign_idx_files_are_one_line(tmp_path, caplog):
         with pytest.raises(FileProblem) as e:
             idx.read_split(str(folder), 'train')
         _one_line(e, str(folder / name), expected, 'replace it with the canonical file')
-        assert _kept(before, folder)
+        assert files_kept(before, folder)
     # Images of another size than MNIST's are centre-cropped and resized, and the log says so.
     folder = tmp_path / 'odd'
     idx_folder(folder, gz=False)
@@ -136,7 +130,7 @@ def test_import_flags_missing_or_given_to_another_mode(trained_chain, tmp_path):
     one_error_line(rc, err, '--mode=import needs --import_from')
     rc, err = run_main(f'--workdir={run}', '--mode=train', f'--import_from={tmp_path / "x.pth"}', **TRAINED)
     one_error_line(rc, err, '--import_from is for --mode=import only, not --mode=train')
-    assert _kept(before, run) and set(workdir_files(run)) == set(before)
+    assert files_kept(before, run) and set(workdir_files(run)) == set(before)
 
 
 def test_tuple_settings_given_as_text_name_the_field():
@@ -232,7 +226,7 @@ def test_inpainting_keeps_earlier_results_and_names_apart(trained_chain, tmp_pat
     with pytest.raises(ValueError) as e:
         conditional.inpaint(tiny_settings(**TRAINED, eval__cond_input_dir=clash, eval__cond_folder='other'), str(run))
     _one_line(e, 'grid.png and the overview grid would both be written as grid.png', 'rename one of them')
-    assert _kept(before, run) and not (run / 'other').exists()
+    assert files_kept(before, run) and not (run / 'other').exists()
 
 
 def test_cutoffs_count_true_and_never_replace_other_results(trained_chain, tmp_path, caplog):

@@ -69,6 +69,13 @@ def workdir_files(workdir, skip=()) -> dict:
     return files
 
 
+def files_kept(before: dict, workdir, skip=()) -> bool:
+    """Every file of `before` (`workdir_files(workdir, skip)` taken earlier) is still there, byte for byte; files
+    written since may be new."""
+    after = workdir_files(workdir, skip)
+    return all(after.get(rel) == digest for rel, digest in before.items())
+
+
 def main_env() -> dict:
     """The environment of a main.py subprocess: CPU only, the repository and tests/ importable."""
     return dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=os.pathsep.join([ROOT, TESTS]))

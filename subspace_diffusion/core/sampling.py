@@ -125,13 +125,26 @@ def cost(diffusion: Diffusion, cfg: SamplerConfig) -> Cost:
     return Cost(calls, diffusion.effective_nfe(calls), 'effective (sum of n_level / d per call)' + guided)
 
 
-def least_nfe(diffusion: Diffusion, cfg: SamplerConfig, level: int = 0) -> float:
-    """The least effective NFE per sample of fixed-step solver cfg.method on `diffusion` (level k > 0: on its level k
-    alone, as `make_sampler` samples it): one step per stage and the denoising call, what a budget of 0 costs."""
+def _on_level(diffusion: Diffusion, cfg: SamplerConfig, level: int = 0) -> tuple:
+    """(process, settings, Cost) that `make_sampler` samples at `level`: 0 all of `diffusion`; k > 0 its level k
+    alone, in V_k from T down to the cutoff t_k, with the budget and the cost in full-space units."""
+    if not level:
+        return diffusion, cfg, cost(diffusion, cfg)
+    # the budget counts full-space calls, as every effective NFE does: in level-k calls it is 1 / cost(k) more
+    cfg = dataclasses.replace(cfg, eps=diffusion.cutoffs[level - 1], ode=dataclasses.replace(
+        cfg.ode, nfe_budget=cfg.ode.nfe_budget / diffusion.cost(level)))
     run_on = diffusion.level(level)
-    calls = {k: SOLVERS[cfg.method] for k in range(run_on.num_levels + 1)}
-    calls[0] += cfg.denoise
-    return run_on.effective_nfe(calls) * diffusion.cost(level)
+    report = cost(run_on, cfg)
+    if report.calls_per_level is not None:
+        report = Cost({level: report.calls_per_level[0]}, report.effective_nfe * diffusion.cost(level), report.counts)
+    return run_on, cfg, report
+
+
+def least_nfe(diffusion: Diffusion, cfg: SamplerConfig, level: int = 0) -> float:
+    """The least effective NFE per sample of fixed-step solver cfg.method on `diffusion` at `level` (`_on_level`),
+    unguided as a budget is: one step per stage and the denoising call, what a budget of 0 costs."""
+    at_zero = dataclasses.replace(cfg, guidance=0.0, ode=dataclasses.replace(cfg.ode, nfe_budget=0.0))
+    return _on_level(diffusion, at_zero, level)[2].effective_nfe
 
 
 def below_minimum(diffusion: Diffusion, cfg: SamplerConfig) -> Optional[str]:
@@ -160,13 +173,7 @@ def make_sampler(diffusion: Diffusion, cfg: SamplerConfig, build_scores: Callabl
     if cfg.guidance and not num_classes:
         raise ValueError(f'config.sampling.guidance={cfg.guidance:g} needs a class-conditional model '
                          f'(model.num_classes > 0); an unconditional one samples with guidance 0')
-    run_on = diffusion.level(level)
-    if level:  # the budget counts full-space calls, as every effective NFE does: in level-k calls it is 1 / cost(k) more
-        cfg = dataclasses.replace(cfg, eps=diffusion.cutoffs[level - 1], ode=dataclasses.replace(
-            cfg.ode, nfe_budget=cfg.ode.nfe_budget / diffusion.cost(level)))
-    report = cost(run_on, cfg)
-    if level and report.calls_per_level is not None:
-        report = Cost({level: report.calls_per_level[0]}, report.effective_nfe * diffusion.cost(level), report.counts)
+    run_on, cfg, report = _on_level(diffusion, cfg, level)
 
     def show(x):
         return diffusion.subspace.chain.up(x, level) if level else x

@@ -93,8 +93,8 @@ def _conditional_job(settings: Settings, workdir, task: str):
     out = output_folder(settings, workdir, task)
     names, images = load_folder(settings.eval.cond_input_dir, settings.data.image_size, c)
     K = settings.subspace.levels
-    held = loading.held_levels(workdir)
-    levels = tuple(range(K + 1)) if K and set(range(K + 1)) <= set(held) else (0,)
+    held = set(loading.checkpoint_at(workdir)[1].get('levels', ()))
+    levels = tuple(range(K + 1)) if K and set(range(K + 1)) <= held else (0,)
     loaded = loading.load_levels(settings, levels, workdir)
     exp = Experiment.build(settings, levels)
     stats = statistics.load(settings, exp.chain, workdir) if levels != (0,) else None

@@ -233,8 +233,9 @@ def _host_batch(ds, n: int, classes: int):
     if not classes:
         return images
     labels = np.stack([r['label'] for r in rows])
-    if labels.min() < 0 or labels.max() >= classes:
-        raise ValueError(f'the training data hold class label {int(labels.max())}, outside the model\'s classes '
+    outside = labels[(labels < 0) | (labels >= classes)]
+    if outside.size:  # the data's labels are known only once read: a folder of the user's images may hold any
+        raise ValueError(f'the training data hold class label {int(outside[0])}, outside the model\'s classes '
                          f'0..{classes - 1}: set config.model.num_classes to the number of classes of the data')
     return images, labels
 

@@ -53,12 +53,13 @@ def load_parts(settings: Settings, workdir, step: Optional[int] = None, parts=('
     return networks, {part: networks.by_level(state[part]) for part in parts}, step
 
 
-def held_levels(workdir, step: Optional[int] = None) -> tuple:
-    """The levels the workdir's checkpoint at `step` (default latest) holds; () without a checkpoint."""
+def checkpoint_at(workdir, step: Optional[int] = None) -> tuple:
+    """(step, the meta of the workdir's checkpoint at `step`, default the newest): its levels, its settings record;
+    (None, {}) without a checkpoint."""
     ckpts = Checkpoints(workdir, read_only=True)
     try:
         step = ckpts.latest_step() if step is None else step
-        return () if step is None else tuple(ckpts.read_meta(step)['levels'])
+        return (None, {}) if step is None else (step, ckpts.read_meta(step))
     finally:
         ckpts.close()
 
