@@ -11,9 +11,9 @@ One resumable command (rerun it to continue; every finished step is skipped):
    (subspace.class_stats), each with --method (DPM-Solver++ at --nfe effective NFE by default, or the config's
    PC): --num_samples samples, every class in turn, scored by the Fashion-MNIST CNN of metrics/classifier.py
    (how often a requested class is seen as that class, the classifier Frechet distance of all samples against
-   the 10,000 test images and of each class against that class's test images), effective NFE (doubled by
-   guidance) and wall time per sample.
-Results: benchmarks/results/guidance.json, docs/guidance.png (accuracy and Frechet distances against w),
+   the 10,000 test images and of each class against that class's test images), the share of noise samples
+   (benchmarks/noise_fraction.py's criterion), effective NFE (doubled by guidance) and wall time per sample.
+Results: benchmarks/results/guidance.json, docs/guidance.png (accuracy, Frechet distances, noise share against w),
 docs/guidance_samples.png (seed 0, one row per class, for each space at each w).
 """
 import argparse
@@ -30,16 +30,16 @@ sys.path.insert(0, ROOT)
 from configs import fashion_mnist  # noqa: E402
 from results import save_result  # noqa: E402
 from steps import Steps, eval_folder, joined, log_seconds, over_seeds, read_metrics, save_enlarged  # noqa: E402
+from training_length import NETWORKS, STEPS_PER_S, cell, noise_share  # noqa: E402  (the study's networks, conditioned here)
 
 CONFIG = os.path.join(ROOT, 'configs', 'fashion_mnist.py')
 CLASSES = 10
-NETWORKS = {'full': 0, 'level_1': 1, 'level_2': 2}  # workdir -> the level its network serves
 # name -> (levels sampled, per-class lifts)
 SPACES = {'full space': (0, False), '2-level chain': (2, False), '2-level chain, per-class lifts': (2, True)}
-METRICS = ('requested_class_accuracy', 'classifier_fd', 'classifier_fd_class_mean', 'nfe_per_sample', 's_per_sample')
-# Planned seconds on 2 cores, for the ETA only: training steps/s by network, an evaluation per sample at 20 NFE.
-STEPS_PER_S = {'full': 1.1, 'level_1': 4.0, 'level_2': 9.0}
-EVAL_S_PER_SAMPLE = 0.5
+METRICS = ('requested_class_accuracy', 'classifier_fd', 'classifier_fd_class_mean', 'noise_share', 'nfe_per_sample',
+           's_per_sample')
+# Planned seconds of an evaluation per sample at 20 NFE on 2 cores, start-up included, for the ETA only (measured).
+EVAL_S_PER_SAMPLE = 0.05
 
 
 def _flags(workdir, args, **extra):
@@ -111,6 +111,7 @@ def main():
     else:
         save_result('guidance', result)
     _figures(w, args, result, args.output or os.path.join(ROOT, 'docs'))
+    print(_table(result))
 
 
 def _gather(w, args, command: str) -> dict:
@@ -120,7 +121,9 @@ def _gather(w, args, command: str) -> dict:
         for g in args.guidance:
             runs = []
             for seed in args.seeds:
-                m = read_metrics(_result(w('eval', _folder(space, g, seed)), args.steps))
+                folder = w('eval', _folder(space, g, seed))
+                m = read_metrics(_result(folder, args.steps))
+                m['noise_share'] = noise_share(os.path.join(folder, f'step_{args.steps}'))
                 assert all(src['step'] == args.steps for src in m['checkpoints'].values()), m['checkpoints']
                 runs.append({'seed': seed, **{k: m[k] for k in METRICS},
                              'classifier_fd_per_class': m['classifier_fd_per_class']})
@@ -147,6 +150,20 @@ def _gather(w, args, command: str) -> dict:
                  'logged main.py step over all invocations'}
 
 
+def _table(result) -> str:
+    """The README's markdown table: every space and guidance weight, mean ± std over the seeds."""
+    head = ['variant', 'w', 'effective NFE', 'accuracy on the requested class', 'classifier FD',
+            'classifier FD per class (mean)', 'noise share', 'ms per sample']
+    lines = ['| ' + ' | '.join(head) + ' |', '|' + ' --- |' * len(head)]
+    for v in result['variants']:
+        ms = {'runs': [{'ms': 1000 * r['s_per_sample']} for r in v['runs']]}
+        lines.append('| ' + ' | '.join([v['space'], f"{v['guidance']:g}", f"{v['runs'][0]['nfe_per_sample']:.1f}",
+                                        cell(v, 'requested_class_accuracy', 3), cell(v, 'classifier_fd', 2),
+                                        cell(v, 'classifier_fd_class_mean', 2), cell(v, 'noise_share', 3),
+                                        cell(ms, 'ms', 0)]) + ' |')
+    return '\n'.join(lines)
+
+
 def class_rows(folder, per_class: int) -> np.ndarray:
     """The first `per_class` samples of every class of an eval folder, one row per class: (10 * per_class, H, W, C)."""
     samples, labels = [], []
@@ -166,10 +183,10 @@ def _figures(w, args, result: dict, folder):
     import matplotlib.pyplot as plt
 
     from subspace_diffusion.formats.images import image_grid
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    keys = ('requested_class_accuracy', 'classifier_fd', 'classifier_fd_class_mean')
+    fig, axes = plt.subplots(1, 4, figsize=(19, 4.2))
+    keys = ('requested_class_accuracy', 'classifier_fd', 'classifier_fd_class_mean', 'noise_share')
     labels = ('classifier accuracy on the requested class', 'classifier Frechet distance (all samples)',
-              'classifier Frechet distance per class (mean)')
+              'classifier Frechet distance per class (mean)', 'noise share of the samples')
     for space in SPACES:
         rows = [v for v in result['variants'] if v['space'] == space]
         xs = [v['guidance'] for v in rows]
@@ -179,6 +196,8 @@ def _figures(w, args, result: dict, folder):
             ax.errorbar(xs, ys, yerr=err, capsize=3, marker='o', label=space)
     for ax, label in zip(axes, labels):
         ax.set(xlabel='guidance w', ylabel=label)
+    for ax in axes[1:3]:  # full space's distances are several times the chain's
+        ax.set_yscale('log')
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(os.path.join(folder, 'guidance.png'), dpi=110)

@@ -37,8 +37,9 @@ NETWORKS = {'full': 0, 'level_1': 1, 'level_2': 2}  # workdir -> the level its n
 SPACES = {'full space': 0, '1-level chain': 1, '2-level chain': 2}  # name -> levels sampled
 METHODS = {'pc': {}, 'dpm_solver++ 20': {'sampling.method': 'dpm_solver++', 'sampling.nfe_budget': 20.0}}
 METRICS = ('classifier_fd', 'classifier_kid', 'pixel_fd', 'noise_share', 'nfe_per_sample', 's_per_sample')
-# Planned seconds per step on 2 cores, for the ETA only: training steps/s by network, evaluations by method.
-STEPS_PER_S = {'full': 1.1, 'level_1': 4.0, 'level_2': 9.0}
+# Planned seconds per step on 2 cores, for the ETA only: training steps/s by network (measured unhindered),
+# evaluations by method.
+STEPS_PER_S = {'full': 2.0, 'level_1': 8.0, 'level_2': 18.0}
 EVAL_S = {'pc': 400, 'dpm_solver++ 20': 120}
 FLOW_S = 900
 
@@ -130,7 +131,7 @@ def _report(w, args, steps):
     print(_table(result))
 
 
-def _cell(stage, key, digits) -> str:
+def cell(stage, key, digits) -> str:
     """'mean ± std' over a stage's seeds, or the one seed's value."""
     values = [r[key] for r in stage['runs']]
     if len(values) == 1:
@@ -147,9 +148,9 @@ def _table(result) -> str:
     for v in result['variants']:
         end = v['stages'][-1]
         cells = [v['variant'], f"{end['runs'][0]['nfe_per_sample']:.1f}"] + [
-            _cell(st, 'classifier_fd', 2) for st in v['stages']] + [
-            _cell(end, 'noise_share', 3), _cell(end, 'pixel_fd', 2), _cell(end, 'classifier_kid', 3),
-            _cell({'runs': [{'ms': 1000 * r['s_per_sample']} for r in end['runs']]}, 'ms', 0)]
+            cell(st, 'classifier_fd', 2) for st in v['stages']] + [
+            cell(end, 'noise_share', 3), cell(end, 'pixel_fd', 2), cell(end, 'classifier_kid', 3),
+            cell({'runs': [{'ms': 1000 * r['s_per_sample']} for r in end['runs']]}, 'ms', 0)]
         lines.append('| ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines)
 
