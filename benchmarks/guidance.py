@@ -14,7 +14,8 @@ One resumable command (rerun it to continue; every finished step is skipped):
    the 10,000 test images and of each class against that class's test images), the share of noise samples
    (benchmarks/noise_fraction.py's criterion), effective NFE (doubled by guidance) and wall time per sample.
 Results: benchmarks/results/guidance.json, docs/guidance.png (accuracy, Frechet distances, noise share against w),
-docs/guidance_samples.png (seed 0, one row per class, for each space at each w).
+docs/guidance_samples.png (seed 0, one row per class, for each space at each w); another --method, --nfe or
+--num_samples keeps its own evaluation folders and writes guidance_<tag>.json and figures beside them.
 """
 import argparse
 import glob
@@ -53,9 +54,23 @@ def _method(args) -> dict:
     return {} if args.method == 'pc' else {'sampling.method': 'dpm_solver++', 'sampling.nfe_budget': args.nfe}
 
 
-def _folder(space: str, w: float, seed: int) -> str:
-    """The eval.folder of one variant at one seed."""
-    return eval_folder(f'{space} w{w:g}', seed)
+def _tag(args) -> str:
+    """What sets this run's evaluations apart beyond space, w and seed: '' for the default sampler and sample count
+    (the committed results), else e.g. ' pc' or ' dpm_solver++ 10, 1000 samples', so no run reuses another's."""
+    parts = [] if (args.method, args.nfe) == ('dpm_solver++', 20.0) else [
+        'pc' if args.method == 'pc' else f'{args.method} {args.nfe:g}']
+    parts += [] if args.num_samples == 500 else [f'{args.num_samples} samples']
+    return ' ' + ', '.join(parts) if parts else ''
+
+
+def _name(args) -> str:
+    """The stem of the JSON and the figures: 'guidance', or 'guidance_pc' etc. for another sampler or count."""
+    return 'guidance' + re.sub(r'\W+', '_', _tag(args)).rstrip('_')
+
+
+def _folder(space: str, w: float, seed: int, tag: str = '') -> str:
+    """The eval.folder of one variant at one seed (`_tag` of the run appended)."""
+    return eval_folder(f'{space} w{w:g}{tag}', seed)
 
 
 def _result(folder, step) -> str:
@@ -80,7 +95,8 @@ def main():
     w = lambda *p: os.path.join(args.workdir, *p)  # noqa: E731
     os.makedirs(w('logs'), exist_ok=True)
     plan = {f'train {name}': args.steps / rate for name, rate in STEPS_PER_S.items()}
-    plan.update({f'eval {space}, w={g:g}, seed {seed}': args.num_samples * EVAL_S_PER_SAMPLE * (1 + (g != 0))
+    per_sample = EVAL_S_PER_SAMPLE * (10 if args.method == 'pc' else args.nfe / 20)  # PC: 200 NFE
+    plan.update({f'eval {space}, w={g:g}{_tag(args)}, seed {seed}': args.num_samples * per_sample * (1 + (g != 0))
                  for space in SPACES for g in args.guidance for seed in args.seeds})
     steps = Steps(plan, logs=w('logs'))
     for name, level in NETWORKS.items():
@@ -91,14 +107,14 @@ def main():
     for space, (levels, per_class) in SPACES.items():
         for g in args.guidance:
             for seed in args.seeds:
-                folder = _folder(space, g, seed)
+                folder = _folder(space, g, seed, _tag(args))
                 flags = {'seed': seed, 'eval.folder': folder, 'eval.begin_ckpt': args.steps,
                          'eval.end_ckpt': args.steps, 'eval.level_workdirs': level_dirs,
                          'eval.use_subspace': bool(levels), 'subspace.levels': levels,
                          'subspace.cutoffs': tuple(cutoffs[:levels]), 'subspace.class_stats': per_class,
                          'sampling.guidance': g, 'eval.num_samples': args.num_samples,
                          'eval.batch_size': args.eval_batch, **_method(args)}
-                steps.run(f'eval {space}, w={g:g}, seed {seed}',
+                steps.run(f'eval {space}, w={g:g}{_tag(args)}, seed {seed}',
                           os.path.exists(_result(w('eval', folder), args.steps)), '--mode=eval',
                           *_flags(w('eval'), args, **flags))
     given = ''.join(f' --{k} {" ".join(map(str, v)) if isinstance(v, list) else v}' for k, v in vars(args).items()
@@ -106,10 +122,10 @@ def main():
     result = _gather(w, args, 'python benchmarks/guidance.py --data_dir <the Fashion-MNIST IDX folder>' + given)
     if args.output:
         os.makedirs(args.output, exist_ok=True)
-        with open(os.path.join(args.output, 'guidance.json'), 'w') as f:
+        with open(os.path.join(args.output, _name(args) + '.json'), 'w') as f:
             json.dump(result, f, indent=2)
     else:
-        save_result('guidance', result)
+        save_result(_name(args), result)
     _figures(w, args, result, args.output or os.path.join(ROOT, 'docs'))
     print(_table(result))
 
@@ -121,7 +137,7 @@ def _gather(w, args, command: str) -> dict:
         for g in args.guidance:
             runs = []
             for seed in args.seeds:
-                folder = w('eval', _folder(space, g, seed))
+                folder = w('eval', _folder(space, g, seed, _tag(args)))
                 m = read_metrics(_result(folder, args.steps))
                 m['noise_share'] = noise_share(os.path.join(folder, f'step_{args.steps}'))
                 assert all(src['step'] == args.steps for src in m['checkpoints'].values()), m['checkpoints']
@@ -130,10 +146,11 @@ def _gather(w, args, command: str) -> dict:
             entry = {'space': space, 'levels': levels, 'per_class_lifts': per_class, 'guidance': g, 'runs': runs}
             if len(runs) > 1:
                 entry.update(over_seeds(f'{space}, w={g:g}', runs, METRICS))
-            entry['classifier_fd_per_class_mean'] = {
-                c: float(np.mean([r['classifier_fd_per_class'][c] for r in runs])) for c in runs[0]['classifier_fd_per_class']}
+            entry['classifier_fd_per_class_mean'] = {c: float(np.mean([r['classifier_fd_per_class'][c] for r in runs]))
+                                                     for c in runs[0]['classifier_fd_per_class']}
             variants.append(entry)
-    first = read_metrics(_result(w('eval', _folder('full space', args.guidance[0], args.seeds[0])), args.steps))
+    first = read_metrics(_result(w('eval', _folder('full space', args.guidance[0], args.seeds[0], _tag(args))),
+                                 args.steps))
     return {
         'command': command,
         'config': 'configs/fashion_mnist.py with model.num_classes=10, training.label_dropout=0.1',
@@ -176,8 +193,8 @@ def class_rows(folder, per_class: int) -> np.ndarray:
 
 
 def _figures(w, args, result: dict, folder):
-    """guidance.png (accuracy on the requested class, classifier Frechet distances against w) and
-    guidance_samples.png (seed 0: one panel per space and w, one row per class) in `folder` (docs/)."""
+    """<name>.png (accuracy on the requested class, Frechet distances, noise share against w) and
+    <name>_samples.png (seed 0: one panel per space and w, one row per class) in `folder` (docs/); `_name`."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -200,13 +217,13 @@ def _figures(w, args, result: dict, folder):
         ax.set_yscale('log')
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(os.path.join(folder, 'guidance.png'), dpi=110)
+    fig.savefig(os.path.join(folder, _name(args) + '.png'), dpi=110)
     per_class, seed = min(6, args.num_samples // CLASSES), args.seeds[0]
-    panels = [image_grid(class_rows(os.path.join(w('eval', _folder(space, g, seed)), f'step_{args.steps}'),
+    panels = [image_grid(class_rows(os.path.join(w('eval', _folder(space, g, seed, _tag(args))), f'step_{args.steps}'),
                                     per_class) / 255., ncol=per_class) for space in SPACES for g in args.guidance]
     n = len(args.guidance)
     lines = [joined(panels[i * n:(i + 1) * n], 8) for i in range(len(SPACES))]
-    save_enlarged(joined(lines, 8, axis=0), 2, os.path.join(folder, 'guidance_samples.png'))
+    save_enlarged(joined(lines, 8, axis=0), 2, os.path.join(folder, _name(args) + '_samples.png'))
 
 
 if __name__ == '__main__':
