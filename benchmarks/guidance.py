@@ -68,9 +68,9 @@ def _name(args) -> str:
     return 'guidance' + re.sub(r'\W+', '_', _tag(args)).rstrip('_')
 
 
-def _folder(space: str, w: float, seed: int, tag: str = '') -> str:
-    """The eval.folder of one variant at one seed (`_tag` of the run appended)."""
-    return eval_folder(f'{space} w{w:g}{tag}', seed)
+def _folder(space: str, w: float, seed: int, args) -> str:
+    """The eval.folder of one variant at one seed, the run's `_tag` appended."""
+    return eval_folder(f'{space} w{w:g}{_tag(args)}', seed)
 
 
 def _result(folder, step) -> str:
@@ -107,7 +107,7 @@ def main():
     for space, (levels, per_class) in SPACES.items():
         for g in args.guidance:
             for seed in args.seeds:
-                folder = _folder(space, g, seed, _tag(args))
+                folder = _folder(space, g, seed, args)
                 flags = {'seed': seed, 'eval.folder': folder, 'eval.begin_ckpt': args.steps,
                          'eval.end_ckpt': args.steps, 'eval.level_workdirs': level_dirs,
                          'eval.use_subspace': bool(levels), 'subspace.levels': levels,
@@ -119,7 +119,8 @@ def main():
                           *_flags(w('eval'), args, **flags))
     given = ''.join(f' --{k} {" ".join(map(str, v)) if isinstance(v, list) else v}' for k, v in vars(args).items()
                     if k not in ('workdir', 'data_dir', 'output') and v != parser.get_default(k))
-    result = _gather(w, args, 'python benchmarks/guidance.py --data_dir <the Fashion-MNIST IDX folder>' + given)
+    result = _gather(w, args, 'python benchmarks/guidance.py --data_dir <the Fashion-MNIST IDX folder>' + given,
+                     steps)
     if args.output:
         os.makedirs(args.output, exist_ok=True)
         with open(os.path.join(args.output, _name(args) + '.json'), 'w') as f:
@@ -130,14 +131,14 @@ def main():
     print(_table(result))
 
 
-def _gather(w, args, command: str) -> dict:
+def _gather(w, args, command: str, steps: Steps) -> dict:
     """The benchmark's JSON: every space, guidance weight and seed, with means and std over the seeds."""
     variants = []
     for space, (levels, per_class) in SPACES.items():
         for g in args.guidance:
             runs = []
             for seed in args.seeds:
-                folder = w('eval', _folder(space, g, seed, _tag(args)))
+                folder = w('eval', _folder(space, g, seed, args))
                 m = read_metrics(_result(folder, args.steps))
                 m['noise_share'] = noise_share(os.path.join(folder, f'step_{args.steps}'))
                 assert all(src['step'] == args.steps for src in m['checkpoints'].values()), m['checkpoints']
@@ -149,7 +150,7 @@ def _gather(w, args, command: str) -> dict:
             entry['classifier_fd_per_class_mean'] = {c: float(np.mean([r['classifier_fd_per_class'][c] for r in runs]))
                                                      for c in runs[0]['classifier_fd_per_class']}
             variants.append(entry)
-    first = read_metrics(_result(w('eval', _folder('full space', args.guidance[0], args.seeds[0], _tag(args))),
+    first = read_metrics(_result(w('eval', _folder('full space', args.guidance[0], args.seeds[0], args)),
                                  args.steps))
     return {
         'command': command,
@@ -159,12 +160,13 @@ def _gather(w, args, command: str) -> dict:
         'cutoffs': list(fashion_mnist.get_config().subspace.cutoffs),
         'classifier_test_accuracy': first['classifier_test_accuracy'],
         'variants': variants,
-        'wall_s': sum(log_seconds(p) for p in glob.glob(w('logs', '*.log'))),
+        # this run's steps only: another --method's evaluations share the logs folder
+        'wall_s': sum(log_seconds(p) for p in map(steps.log_path, steps.plan) if os.path.exists(p)),
         'notes': f'{args.num_samples} samples per evaluation, every class in turn ({args.num_samples // CLASSES} a '
                  'class): the per-class Frechet distances come from that few samples in 128 feature dimensions and '
                  'are biased upwards alike for every variant; nfe_per_sample counts both evaluations of a guided '
-                 'call; wall time per sample excludes compilation; std (ddof=1) over the seeds; wall_s sums every '
-                 'logged main.py step over all invocations'}
+                 'call; wall time per sample excludes compilation; std (ddof=1) over the seeds; wall_s sums the '
+                 'logged main.py steps of this run (the trainings included) over all invocations'}
 
 
 def _table(result) -> str:
@@ -173,11 +175,10 @@ def _table(result) -> str:
             'classifier FD per class (mean)', 'noise share', 'ms per sample']
     lines = ['| ' + ' | '.join(head) + ' |', '|' + ' --- |' * len(head)]
     for v in result['variants']:
-        ms = {'runs': [{'ms': 1000 * r['s_per_sample']} for r in v['runs']]}
         lines.append('| ' + ' | '.join([v['space'], f"{v['guidance']:g}", f"{v['runs'][0]['nfe_per_sample']:.1f}",
                                         cell(v, 'requested_class_accuracy', 3), cell(v, 'classifier_fd', 2),
                                         cell(v, 'classifier_fd_class_mean', 2), cell(v, 'noise_share', 3),
-                                        cell(ms, 'ms', 0)]) + ' |')
+                                        cell(v, 's_per_sample', 0, scale=1000)]) + ' |')
     return '\n'.join(lines)
 
 
@@ -219,7 +220,7 @@ def _figures(w, args, result: dict, folder):
     fig.tight_layout()
     fig.savefig(os.path.join(folder, _name(args) + '.png'), dpi=110)
     per_class, seed = min(6, args.num_samples // CLASSES), args.seeds[0]
-    panels = [image_grid(class_rows(os.path.join(w('eval', _folder(space, g, seed, _tag(args))), f'step_{args.steps}'),
+    panels = [image_grid(class_rows(os.path.join(w('eval', _folder(space, g, seed, args)), f'step_{args.steps}'),
                                     per_class) / 255., ncol=per_class) for space in SPACES for g in args.guidance]
     n = len(args.guidance)
     lines = [joined(panels[i * n:(i + 1) * n], 8) for i in range(len(SPACES))]

@@ -131,9 +131,9 @@ def _report(w, args, steps):
     print(_table(result))
 
 
-def cell(stage, key, digits) -> str:
-    """'mean ± std' over a stage's seeds, or the one seed's value."""
-    values = [r[key] for r in stage['runs']]
+def cell(stage, key, digits, scale: float = 1.0) -> str:
+    """'mean ± std' over a stage's seeds, or the one seed's value, of `key` times `scale`."""
+    values = [scale * r[key] for r in stage['runs']]
     if len(values) == 1:
         return f'{values[0]:.{digits}f}'
     return f'{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}'
@@ -150,7 +150,7 @@ def _table(result) -> str:
         cells = [v['variant'], f"{end['runs'][0]['nfe_per_sample']:.1f}"] + [
             cell(st, 'classifier_fd', 2) for st in v['stages']] + [
             cell(end, 'noise_share', 3), cell(end, 'pixel_fd', 2), cell(end, 'classifier_kid', 3),
-            cell({'runs': [{'ms': 1000 * r['s_per_sample']} for r in end['runs']]}, 'ms', 0)]
+            cell(end, 's_per_sample', 0, scale=1000)]
         lines.append('| ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines)
 
