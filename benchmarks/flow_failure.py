@@ -12,7 +12,9 @@ draw of --samples images:
 2. restarts: the first --samples test images noised to sigma_s (x0 + sigma_s z) and solved to the end by the
    full-space adaptive ODE: noise share and RMS distance to the clean image against sigma_s, i.e. the noise levels
    at which the full-space network leads the flow astray;
-3. each level's DSM loss of the EMA parameters on 1,024 test images with fixed noise (t ~ U(t_k, T), as trained).
+3. each level's DSM loss of the EMA parameters on 1,024 test images with fixed noise (t ~ U(t_k, T), as trained),
+   and the full-space network's in 12 log-sigma bins from 0.01 to 25.
+--full_space_only: a workdir with the full-space network alone (issue 35's control of the reference's training).
 Writes runs/study/flow/step_<step>.json (the study gathers them into benchmarks/results/training_length.json).
 """
 import argparse
@@ -38,6 +40,7 @@ from subspace_diffusion.run import data  # noqa: E402
 
 RESTART_SIGMAS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 BINS = np.geomspace(0.01, 25.0, 25)  # log-sigma bins of the trajectory records (the fashion config's range)
+DSM_BINS = np.geomspace(0.01, 25.0, 13)  # log-sigma bins of the DSM loss by noise level
 
 
 class Recorder:
@@ -121,21 +124,42 @@ def dsm_losses(model, images, n_draws: int = 4) -> dict:
     return {str(k): float(np.mean([p[k] for p in per])) for k in exp.levels}
 
 
+def dsm_loss_by_sigma(model, images) -> dict:
+    """{'sigma': bin centres, 'loss': full-space DSM loss of the EMA parameters} on `images` (model space), t drawn
+    uniformly inside each of the DSM_BINS log-sigma bins with fixed noise: where in noise level a network is worse."""
+    exp, sde = model.experiment, model.settings.sde
+    fn = jax.jit(lambda t, z: exp.loss(model.params, images, jax.random.PRNGKey(0), train=False,
+                                       draws={0: (t, z)})[1][0])
+    key = jax.random.PRNGKey(2000)
+    out = {'sigma': [], 'loss': []}
+    for i, (lo, hi) in enumerate(zip(DSM_BINS[:-1], DSM_BINS[1:])):
+        t_key, z_key = jax.random.split(jax.random.fold_in(key, i))
+        t_lo, t_hi = float(sde.t_of_noise_ratio(lo)), float(sde.t_of_noise_ratio(hi))
+        t = jax.random.uniform(t_key, (images.shape[0],), minval=t_lo, maxval=t_hi)
+        out['sigma'].append(float(math.sqrt(lo * hi)))
+        out['loss'].append(float(fn(t, jax.random.normal(z_key, images.shape))))
+    return out
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument('--workdir', default=os.path.join(ROOT, 'runs', 'study'))
     parser.add_argument('--data_dir', default=fashion_mnist.get_config().data.data_dir)
     parser.add_argument('--step', type=int, required=True)
     parser.add_argument('--samples', type=int, default=64)
+    parser.add_argument('--full_space_only', action='store_true',
+                        help='the workdir holds the full-space network alone (no level_1, level_2): no chain rows')
     args = parser.parse_args()
     w = lambda *p: os.path.join(args.workdir, *p)  # noqa: E731
     out_path = w('flow', f'step_{args.step}.json')
     config = fashion_mnist.get_config()
     config.data.data_dir = args.data_dir
-    config.eval.level_workdirs = (w('full'), w('level_1'), w('level_2'))
+    config.eval.level_workdirs = (w('full'),) if args.full_space_only else (w('full'), w('level_1'), w('level_2'))
+    if args.full_space_only:
+        config.subspace.levels, config.subspace.cutoffs = 0, ()
     t_start = time.perf_counter()
     full = sd.load(w('full'), config=config, levels=(0,), step=args.step)
-    chain = sd.load(w('full'), config=config, levels=(0, 1, 2), step=args.step)
+    chain = None if args.full_space_only else sd.load(w('full'), config=config, levels=(0, 1, 2), step=args.step)
     sde, eps = full.settings.sde, full.settings.sampling.eps
     diffusion = full.experiment.diffusion(None)
     n = args.samples
@@ -144,9 +168,11 @@ def main():
     to_model = data.get_scaler(full.settings.data.centered)
     result = {'step': args.step, 'samples': n, 'noise_threshold': THRESHOLD,
               'data_mean_square': float(np.mean(to_model(test01) ** 2)), 'trajectories': {}, 'restarts': []}
-    for name, run in (('full space, dpm_solver++ 20', lambda r: dpm(full, x_T, eps, r)),
-                      ('full space, adaptive ode', lambda r: adaptive(full, x_T, sde.T, eps, r)),
-                      ('2-level chain, adaptive ode', lambda r: adaptive(chain, x_T, sde.T, eps, r))):
+    runs = {'full space, dpm_solver++ 20': lambda r: dpm(full, x_T, eps, r),
+            'full space, adaptive ode': lambda r: adaptive(full, x_T, sde.T, eps, r)}
+    if chain is not None:
+        runs['2-level chain, adaptive ode'] = lambda r: adaptive(chain, x_T, sde.T, eps, r)
+    for name, run in runs.items():
         t0 = time.perf_counter()
         recorder = Recorder(sde)
         x, nfe = run(recorder)
@@ -165,7 +191,8 @@ def main():
         result['restarts'].append(row)
         print(f'restart from sigma {sigma:g} (t {t_s:.3f}): noise share {row["noise_share"]:.3f}, '
               f'RMS to the clean image {row["rms_to_clean"]:.3f}', flush=True)
-    result['ema_dsm_loss'] = dsm_losses(chain, jnp.asarray(to_model(test01)))
+    result['ema_dsm_loss'] = dsm_losses(chain or full, jnp.asarray(to_model(test01)))
+    result['ema_dsm_loss_by_sigma'] = dsm_loss_by_sigma(full, jnp.asarray(to_model(test01)))
     result['wall_s'] = time.perf_counter() - t_start
     os.makedirs(os.path.dirname(out_path), exist_ok=True)
     with open(out_path + '.tmp', 'w') as f:

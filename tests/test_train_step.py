@@ -68,7 +68,8 @@ def _toy_loss(params, images, key, train):
 
 
 def _by_hand(optim: Optim, batches, ema_rate, steps):
-    """Numpy: clip each set's gradient to grad_clip, L2 (Adam) or decoupled (AdamW) decay, Adam, warm-up, EMA."""
+    """Numpy: clip each set's gradient to grad_clip, L2 (Adam) or decoupled (AdamW) decay, Adam, warm-up, EMA
+    (with the reference's early decay)."""
     b1, b2 = optim.beta1, 0.999
     w = {k: v.astype(np.float64) for k, v in W0.items()}
     ema = dict(w)
@@ -76,7 +77,7 @@ def _by_hand(optim: Optim, batches, ema_rate, steps):
     sec = {k: np.zeros_like(v) for k, v in w.items()}
     lrs, norms = [], []
     for i in range(steps):
-        lr = optim.lr * min((i + 1) / optim.warmup, 1.0)
+        lr = optim.lr * min(i / optim.warmup, 1.0)  # the reference's: the first update has lr 0
         grads = {k: SCALE[k] * float(np.mean(batches[i], dtype=np.float64)) + w[k] for k in w}
         norms.append(np.sqrt(sum(np.sum(g ** 2) for g in grads.values())))
         for k, g in grads.items():
@@ -89,7 +90,8 @@ def _by_hand(optim: Optim, batches, ema_rate, steps):
             if optim.optimizer == 'AdamW':
                 update = update + optim.weight_decay * w[k]
             w[k] = w[k] - lr * update
-            ema[k] = ema_rate * ema[k] + (1 - ema_rate) * w[k]
+            decay = min(ema_rate, (2 + i) / (11 + i))  # update n = i + 1: min(rate, (1 + n) / (10 + n))
+            ema[k] = decay * ema[k] + (1 - decay) * w[k]
         lrs.append(lr)
     return w, ema, np.array(lrs), np.array(norms)
 

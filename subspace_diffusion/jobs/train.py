@@ -28,6 +28,7 @@ from subspace_diffusion.run.settings import Settings, Training
 from subspace_diffusion.run.train_state import (
     abstract_state,
     checkpoint_meta,
+    ema_decay,
     init_state,
     learning_rate,
     make_optimizer,
@@ -38,11 +39,11 @@ def make_train_step(loss_fn, tx, mesh, schedule, ema_rate: float, seed: int, unr
     """Jitted (state, batch (n, B, H, W, C)) -> (state, metrics with a leading axis n): n optimiser steps per call.
 
     loss_fn(params, images, key, train) -> (loss, {level: loss}); schedule(step) -> learning rate (logged).
-    A class-conditional model's batch is (images (n, B, H, W, C), labels (n, B)), passed as loss_fn(..., labels=).
+    A class-conditional model's batch is (images (n, B, H, W, C), labels (n, B)), passed as loss_fn(..., labels=);
+    any other pytree of (n, B, ...) arrays reaches loss_fn whole in place of the images (tests feed fixed draws).
     unrolled: the n steps straight-line (True) or in a `lax.scan` (False); None picks by backend (CPU unrolls).
     """
     base_key = jax.random.fold_in(jax.random.PRNGKey(seed), 1)
-    rate = ema_rate
 
     def one_step(state, batch):
         key = jax.random.fold_in(base_key, state.step)
@@ -52,7 +53,8 @@ def make_train_step(loss_fn, tx, mesh, schedule, ema_rate: float, seed: int, unr
             lambda p: loss_fn(p, images, key, train=True, **classes), has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        ema = jax.tree.map(lambda e, p: rate * e + (1 - rate) * p, state.ema_params, params)
+        decay = ema_decay(ema_rate, state.step)
+        ema = jax.tree.map(lambda e, p: e - (1 - decay) * (e - p), state.ema_params, params)
         metrics = {'loss': loss, 'grad_norm': optax.tree.norm(grads), 'param_norm': optax.tree.norm(params),
                    'lr': schedule(state.step),
                    **{f'loss_level_{k}': v for k, v in per_level.items()}}
@@ -68,8 +70,8 @@ def make_train_step(loss_fn, tx, mesh, schedule, ema_rate: float, seed: int, unr
         if not unrolled:
             return jax.lax.scan(one_step, state, batch)
         metrics = []
-        for rows in (zip(*batch) if isinstance(batch, tuple) else batch):
-            state, m = one_step(state, rows)
+        for i in range(jax.tree.leaves(batch)[0].shape[0]):
+            state, m = one_step(state, jax.tree.map(lambda a: a[i], batch))
             metrics.append(m)
         return state, jax.tree.map(lambda *m: jnp.stack(m), *metrics)
 

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from subspace_diffusion.core.diffusion import Diffusion
-from subspace_diffusion.core.losses import dsm_loss
+from subspace_diffusion.core.losses import dsm_loss, training_draws
 from subspace_diffusion.core.subspaces import Chain, PieceStats, Subspace, describe_chain, make_chain
 from subspace_diffusion.run.data import training_images
 from subspace_diffusion.run.networks import Networks
@@ -117,9 +117,12 @@ class Experiment:
             return self.settings.subspace.cutoffs[k - 1]
         return self.settings.training.eps
 
-    def loss(self, params: dict, images, key, train: bool = True, labels=None):
+    def loss(self, params: dict, images, key, train: bool = True, labels=None, draws=None):
         """(sum over the levels of the level-k DSM loss, {k: loss_k}); images (B, H, W, C) in model space, and for a
-        class-conditional model their class labels (B,), of which training drops training.label_dropout."""
+        class-conditional model their class labels (B,), of which training drops training.label_dropout.
+
+        draws: {k: (t (B,), z)} in place of the times and noise drawn from `key` (another run's draws, a t grid).
+        """
         tr = self.settings.training
         if labels is not None:
             labels = self.drop_labels(labels, key) if train else labels
@@ -131,8 +134,8 @@ class Experiment:
             score = self.networks.score(params, k, train=train, dropout_rng=drop_key)
             if labels is not None:
                 score = functools.partial(score, y=labels)
-            losses[k] = dsm_loss(score, self.settings.sde, x, dsm_key, self.t_min(k),
-                                 reduce='mean' if tr.reduce_mean else 'sum',
+            t, z = (draws or {}).get(k) or training_draws(dsm_key, x, self.t_min(k), self.settings.sde.T)
+            losses[k] = dsm_loss(score, self.settings.sde, x, t, z, reduce='mean' if tr.reduce_mean else 'half_sum',
                                  likelihood_weighting=tr.likelihood_weighting)
         return sum(losses.values()), losses
 

@@ -26,11 +26,19 @@ class TrainState(flax.struct.PyTreeNode):
 
 
 def learning_rate(optim: Optim):
-    """Schedule step -> lr: linear warmup over optim.warmup steps to optim.lr, then constant (score-SDE)."""
+    """Schedule step -> lr: lr min(step / warmup, 1) for the update of step `step` (0-based), as the reference's
+    optimization_manager: its first update has lr 0 (Adam's moments still take that gradient)."""
     lr, warmup = optim.lr, optim.warmup
     if warmup <= 0:
         return lambda step: jnp.asarray(lr, jnp.float32)
-    return lambda step: lr * jnp.minimum((step + 1) / warmup, 1.0)
+    return lambda step: lr * jnp.minimum(step / warmup, 1.0)
+
+
+def ema_decay(rate: float, step):
+    """EMA decay of the update after optimiser step `step` (0-based): min(rate, (1 + n) / (10 + n)) for the n-th
+    update, n = step + 1, as the reference's models/ema.py (use_num_updates): early averages forget the init."""
+    n = jnp.asarray(step, jnp.float32) + 1.0
+    return jnp.minimum(rate, (1.0 + n) / (10.0 + n))
 
 
 def make_optimizer(optim: Optim, param_keys) -> optax.GradientTransformation:

@@ -1,0 +1,234 @@
+"""Issue 35's control: our training and the reference's, the same full-space network and data, scored by one code.
+
+    bash benchmarks/setup_reference.sh                                    # torch venv + reference checkout
+    /work/torchvenv/bin/python benchmarks/reference_training.py --steps 10000   # the reference's run
+    python main.py --mode=train --config=configs/fashion_mnist.py --workdir=runs/control/ours/full \\
+        --config.training.n_iters=10000 --config.subspace.train_level=0          # ours, the same settings
+    python benchmarks/reference_control.py            # resumable; stages whose networks exist are scored
+    python benchmarks/reference_control.py --report   # JSON, figure and table of the finished stages
+
+At each stage s of --stages the reference's archive (runs/reference_fashion/archive/checkpoint_<s>.pth) is imported
+with --mode=import into runs/control/reference/full; then each side's network at s is scored exactly as
+benchmarks/training_length.py scores the study's: full space by PC (100 steps), DPM-Solver++ at 20 effective NFE
+and the adaptive Dormand-Prince ODE (RK45's pair, rtol = atol = 1e-5); classifier FD, KID, pixel FD and noise
+share of 256 samples (seed 0; every --seeds at the last stage); and benchmarks/flow_failure.py --full_space_only
+(restarts from noised test images, the EMA DSM loss per sigma bin). Each evaluation workdir starts with the metric
+classifier shipped in pretrained/fashion_mnist (trained on the same images). The report also scores the samples of
+the reference's own samplers (benchmarks/reference_sampling.py, in the torch venv). Results:
+benchmarks/results/reference_control.json, docs/reference_control.png, docs/reference_control_samples.png.
+"""
+import argparse
+import glob
+import json
+import os
+import shutil
+import sys
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, 'tests'))
+from configs import fashion_mnist  # noqa: E402
+from results import save_result  # noqa: E402
+from steps import Steps, log_seconds, over_seeds, read_metrics, sample_panels  # noqa: E402
+from tensorboard_events import scalars  # noqa: E402
+from training_length import CONFIG, METRICS, _folder, cell, noise_share  # noqa: E402
+
+SIDES = ('ours', 'reference')
+METHODS = {'pc': {}, 'dpm_solver++ 20': {'sampling.method': 'dpm_solver++', 'sampling.nfe_budget': 20.0},
+           'adaptive ode': {'sampling.method': 'ode'}}
+FULL_SPACE = {'subspace.levels': 0, 'subspace.cutoffs': '()'}
+EVAL_S = {'pc': 400, 'dpm_solver++ 20': 120, 'adaptive ode': 300}
+SHIPPED = os.path.join(ROOT, 'pretrained', 'fashion_mnist')
+
+
+def _archived(workdir, step) -> bool:
+    return os.path.isdir(os.path.join(workdir, 'checkpoints', 'archive', str(step)))
+
+
+def _flags(workdir, data_dir, **extra):
+    flags = [f'--config={CONFIG}', f'--workdir={workdir}', f'--config.data.data_dir={data_dir}']
+    return flags + [f'--config.{k}={v}' for k, v in {**FULL_SPACE, **extra}.items()]
+
+
+def _seeds_at(stage, args):
+    return args.seeds if stage == args.stages[-1] else args.seeds[:1]
+
+
+def _seed_classifier(eval_dir):
+    """Start an evaluation workdir with the shipped metric classifier (the same training images, the same hash)."""
+    os.makedirs(eval_dir, exist_ok=True)
+    for path in glob.glob(os.path.join(SHIPPED, 'proxy_classifier_*.npz')):
+        target = os.path.join(eval_dir, os.path.basename(path))
+        if not os.path.exists(target):
+            shutil.copy(path, target)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--workdir', default=os.path.join(ROOT, 'runs', 'control'))
+    parser.add_argument('--reference_run', default=os.path.join(ROOT, 'runs', 'reference_fashion'),
+                        help='the --workdir of benchmarks/reference_training.py')
+    parser.add_argument('--data_dir', default=fashion_mnist.get_config().data.data_dir)
+    parser.add_argument('--stages', type=int, nargs='+', default=[2500, 5000, 10000])
+    parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
+    parser.add_argument('--report', action='store_true', help='run nothing: JSON, figure and table of finished stages')
+    args = parser.parse_args()
+    w = lambda *p: os.path.join(args.workdir, *p)  # noqa: E731
+    os.makedirs(w('logs'), exist_ok=True)
+    plan = {}
+    for s in args.stages:
+        plan[f'import the reference at {s}'] = 10
+        for side in SIDES:
+            plan.update({f'eval {side}, {m} at {s}, seed {seed}': EVAL_S[m] for m in METHODS for seed in _seeds_at(s, args)})
+            plan[f'flow {side} at {s}'] = 600
+    steps = Steps(plan, logs=w('logs'))
+    if args.report:
+        _report(w, args)
+        return
+    for s in args.stages:
+        archive = os.path.join(args.reference_run, 'archive', f'checkpoint_{s}.pth')
+        if os.path.exists(archive):
+            steps.run(f'import the reference at {s}', _archived(w('reference', 'full'), s), '--mode=import',
+                      *_flags(w('reference', 'full'), args.data_dir), f'--import_from={archive}', '--import_level=0')
+        for side in SIDES:
+            if not _archived(w(side, 'full'), s):
+                print(f'{side}: no network at step {s} yet (train or import it, then rerun)', flush=True)
+                continue
+            _seed_classifier(w(side, 'eval'))
+            for method, extra in METHODS.items():
+                for seed in _seeds_at(s, args):
+                    folder = _folder('full space', method, seed)
+                    flags = {'seed': seed, 'eval.folder': folder, 'eval.begin_ckpt': s, 'eval.end_ckpt': s,
+                             'eval.level_workdirs': f'("{w(side, "full")}",)', 'eval.use_subspace': False, **extra}
+                    steps.run(f'eval {side}, {method} at {s}, seed {seed}',
+                              os.path.exists(w(side, 'eval', folder, f'step_{s}', 'metrics.json')), '--mode=eval',
+                              *_flags(w(side, 'eval'), args.data_dir, **flags))
+            steps.run(f'flow {side} at {s}', os.path.exists(w(side, 'flow', f'step_{s}.json')), f'--step={s}',
+                      f'--workdir={w(side)}', f'--data_dir={args.data_dir}', '--full_space_only',
+                      script='benchmarks/flow_failure.py')
+    _report(w, args)
+
+
+def _finished(w, args, side, s) -> bool:
+    return os.path.exists(w(side, 'flow', f'step_{s}.json')) and all(
+        os.path.exists(w(side, 'eval', _folder('full space', m, seed), f'step_{s}', 'metrics.json'))
+        for m in METHODS for seed in _seeds_at(s, args))
+
+
+def _training_losses(w, args) -> dict:
+    """{side: {'step': [...], 'loss': [...]}}: the mean training loss over each 100 steps (both 0.5 x the sum)."""
+    out = {}
+    ours = scalars(w('ours', 'full', 'tensorboard'), 'train/loss')
+    if ours:
+        steps = sorted(ours)
+        out['ours'] = {'step': steps, 'loss': [float(ours[s]) for s in steps]}
+    log = os.path.join(args.reference_run, 'log.jsonl')
+    if os.path.exists(log):
+        with open(log) as f:
+            rows = [json.loads(line) for line in f]
+        losses = np.array([r['loss'] for r in rows])
+        ends = list(range(100, len(losses) + 1, 100))
+        out['reference'] = {'step': ends, 'loss': [float(losses[e - 100:e].mean()) for e in ends],
+                            'wall_s_per_step_median': float(np.median([r['wall_s'] for r in rows]))}
+    return out
+
+
+def _report(w, args):
+    """benchmarks/results/reference_control.json, docs/reference_control*.png and the markdown table."""
+    result = {'command': 'python benchmarks/reference_control.py', 'config': 'configs/fashion_mnist.py (full space)',
+              'stages_planned': args.stages, 'seeds': args.seeds, 'training': _training_losses(w, args), 'sides': {}}
+    for side in SIDES:
+        stages = [s for s in args.stages if _finished(w, args, side, s)]
+        rows = []
+        for s in stages:
+            methods = {}
+            for m in METHODS:
+                runs = []
+                for seed in _seeds_at(s, args):
+                    folder = w(side, 'eval', _folder('full space', m, seed), f'step_{s}')
+                    metrics = read_metrics(os.path.join(folder, 'metrics.json'))
+                    metrics['noise_share'] = noise_share(folder)
+                    runs.append({'seed': seed, **{k: metrics[k] for k in METRICS}})
+                methods[m] = {'runs': runs}
+                if len(runs) > 1:
+                    methods[m].update(over_seeds(f'{side}, {m} at {s}', runs, METRICS))
+            with open(w(side, 'flow', f'step_{s}.json')) as f:
+                flow = json.load(f)
+            rows.append({'step': s, 'methods': methods, 'flow': flow})
+        result['sides'][side] = {'stages': rows, 'wall_s': sum(log_seconds(p) for p in glob.glob(w('logs', '*.log')))}
+    result['reference_own_samplers'] = _own_samplers(w)
+    if not any(result['sides'][side]['stages'] for side in SIDES):
+        sys.exit('no stage is scored yet: run the control first')
+    save_result('reference_control', result)
+    _figures(w, args, result)
+    print(table(result))
+
+
+def _own_samplers(w) -> list:
+    """Noise share of the samples the reference's own samplers drew (benchmarks/reference_sampling.py)."""
+    rows = []
+    for about in sorted(glob.glob(w('reference', 'own_samplers', 'step_*', '*', 'about.json'))):
+        with open(about) as f:
+            row = json.load(f)
+        row['noise_share'] = noise_share(os.path.dirname(about))
+        rows.append(row)
+    return rows
+
+
+def table(result) -> str:
+    """Markdown: per stage and sampler, noise share and classifier FD of ours beside the reference's."""
+    lines = ['| step | sampler | noise share, ours | noise share, reference | classifier FD, ours | '
+             'classifier FD, reference |', '| --- | --- | --- | --- | --- | --- |']
+    by = {side: {r['step']: r for r in result['sides'][side]['stages']} for side in SIDES}
+    for s in result['stages_planned']:
+        for m in METHODS:
+            cells = []
+            for key, digits in (('noise_share', 2), ('classifier_fd', 2)):
+                cells += [cell(by[side][s]['methods'][m], key, digits) if s in by[side] else '-' for side in SIDES]
+            lines.append(f'| {s} | {m} | ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines)
+
+
+def _figures(w, args, result):
+    """docs/reference_control.png: training loss, DSM loss by sigma, noise share by stage, restarts; and samples."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 4, figsize=(19, 4.2))
+    colours = {'ours': 'C0', 'reference': 'C3'}
+    for side, curve in result['training'].items():
+        axes[0].plot(curve['step'], curve['loss'], color=colours[side], lw=0.8, label=side)
+    axes[0].set(yscale='log', xlabel='training step', ylabel='training loss (0.5 x sum, mean of 100 steps)')
+    for side in SIDES:
+        stages = result['sides'][side]['stages']
+        for i, row in enumerate(stages):
+            by_sigma = row['flow']['ema_dsm_loss_by_sigma']
+            axes[1].plot(by_sigma['sigma'], by_sigma['loss'], color=colours[side], alpha=0.4 + 0.6 * (i + 1) / len(stages),
+                         marker='.', label=f'{side}, step {row["step"]}')
+        for m, ls in zip(METHODS, ('-', '--', ':')):
+            xs = [r['step'] for r in stages]
+            ys = [np.mean([x['noise_share'] for x in r['methods'][m]['runs']]) for r in stages]
+            axes[2].plot(xs, ys, color=colours[side], ls=ls, marker='o', label=f'{side}, {m}')
+        if stages:
+            restarts = stages[-1]['flow']['restarts']
+            axes[3].plot([r['sigma'] for r in restarts], [r['noise_share'] for r in restarts], color=colours[side],
+                         marker='o', label=f'{side}, step {stages[-1]["step"]}')
+    axes[1].set(xscale='log', yscale='log', xlabel='sigma', ylabel='EMA DSM loss on test images (0.5 x sum)',
+                title='where in noise level the networks differ')
+    axes[2].set(xscale='log', xlabel='training step', ylabel='noise share of the samples', ylim=(-0.03, 1.03))
+    axes[3].set(xscale='log', xlabel='restart noise level sigma_s', ylabel='noise share after the full-space ODE',
+                ylim=(-0.03, 1.03), title='restarts from noised test images')
+    for ax in axes:
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(os.path.join(ROOT, 'docs', 'reference_control.png'), dpi=110)
+    last = {side: result['sides'][side]['stages'][-1]['step'] for side in SIDES if result['sides'][side]['stages']}
+    sample_panels([w(side, 'eval', _folder('full space', m, args.seeds[0]), f'step_{last[side]}')
+                   for m in METHODS for side in last], count=36, ncol=6, gap=8, scale=2,
+                  path=os.path.join(ROOT, 'docs', 'reference_control_samples.png'))
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,156 @@
+"""Ours against the PyTorch reference on this CPU: training step and forward, side by side, alternating calls.
+
+    bash benchmarks/setup_reference.sh          # the torch venv, with this project's requirements too
+    /work/torchvenv/bin/python benchmarks/reference_speed.py [--reps 10] [--threads 2] [--skip_cifar] [--tag before]
+
+Cases: the full-space network of configs/fashion_mnist.py (323k parameters, 32x32x1) at batch 64, and the CIFAR-10
+VE NCSN++ of configs/cifar10_ve_ncsnpp.py (62.8M) at batch 8. Ours: the compiled training step of jobs/train.py
+(1 and, for fashion, the config's 2 optimiser steps per call; times per optimiser step) and the jitted score;
+the reference: its own train step (losses.get_step_fn with optimization_manager and models/ema.py) and its model's
+forward under no_grad, torch at --threads threads, XLA on every core. Calls alternate ours / reference within each
+repetition, so a slower stretch of the machine hits both. First calls (compilation, oneDNN priming) are timed
+apart. Writes benchmarks/results/reference_speed.json (every timing, medians, quartiles, ratios), keyed by --tag.
+Run it on a quiet machine: nothing else heavy.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
+import reference_training as rt  # noqa: E402
+from results import RESULTS  # noqa: E402
+
+
+def _ours(config_module, batch, n_jit):
+    """(train step per call (), forward per call ()) of our network, compiled; returns (callables, first-call s)."""
+    import jax
+    from subspace_diffusion.jobs import train
+    from subspace_diffusion.run import parallel, train_state
+    from subspace_diffusion.run.experiment import Experiment
+    from subspace_diffusion.run.settings import Settings
+    config = config_module.get_config()
+    config.training.batch_size, config.subspace.train_level = batch, 0
+    settings = Settings.from_config(config)
+    exp = Experiment.build(settings, (0,))
+    tx = train_state.make_optimizer(settings.optim, exp.networks.param_keys)
+    mesh = parallel.make_mesh()
+    holder = {'state': jax.jit(lambda k: train_state.init_state(exp.networks, tx, k),
+                               out_shardings=parallel.replicated(mesh))(jax.random.PRNGKey(0))}
+    step = train.make_train_step(exp.loss, tx, mesh, train_state.learning_rate(settings.optim),
+                                 settings.training.ema_rate, 0)
+    rng = np.random.default_rng(0)
+    batch_x = parallel.global_batch(rng.random((n_jit, batch) + settings.data.shape, np.float32), mesh, 1)
+    x = jax.numpy.asarray(rng.random((batch,) + settings.data.shape, np.float32))
+    t = jax.numpy.asarray(rng.uniform(1e-5, 1., batch).astype(np.float32))
+    score = jax.jit(lambda p, x, t: exp.networks.score(p, 0)(x, t))
+
+    def train_call():
+        holder['state'], m = step(holder['state'], batch_x)
+        jax.block_until_ready(m)
+
+    def forward_call():
+        jax.block_until_ready(score(holder['state'].ema_params, x, t))
+
+    return train_call, forward_call
+
+
+def _reference(checkout, make_config, batch, channels, size):
+    """(train step per call, forward per call) of the reference's own model, loss, optimiser and EMA."""
+    import torch
+    _, state, step_fn = rt.build(checkout, 0, make_config)
+    model = state['model']
+    rng = np.random.default_rng(0)
+    data = torch.from_numpy(rng.random((batch, channels, size, size), np.float32))
+    sigma = torch.from_numpy(rng.uniform(0.01, 25., batch).astype(np.float32))
+
+    def train_call():
+        model.train()
+        step_fn(state, data)
+
+    def forward_call():
+        model.eval()
+        with torch.no_grad():
+            model(data, sigma)
+
+    return train_call, forward_call
+
+
+def _time(fn):
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def _summary(times, per: int = 1):
+    t = np.asarray(times) / per
+    return {'median_s': float(np.median(t)), 'q25_s': float(np.percentile(t, 25)), 'q75_s': float(np.percentile(t, 75)),
+            'all_s': [round(float(v), 5) for v in t]}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--reference', default='/work/subspace-diffusion')
+    parser.add_argument('--reps', type=int, default=10)
+    parser.add_argument('--threads', type=int, default=2)
+    parser.add_argument('--skip_cifar', action='store_true')
+    parser.add_argument('--tag', default='before', help='the key of this run in the JSON (before / after a change)')
+    args = parser.parse_args()
+    import jax
+    import torch
+    torch.set_num_threads(args.threads)
+    from configs import cifar10_ve_ncsnpp, fashion_mnist
+
+    def published_cifar10(config_module):  # the CIFAR-10 VE NCSN++ as published, on the CPU
+        config = config_module.get_config()
+        config.device, config.training.batch_size = torch.device('cpu'), 8
+        return config
+
+    cases = {'fashion_mnist, batch 64': (fashion_mnist, 64, 2, rt.reference_config, 1, 32)}
+    if not args.skip_cifar:
+        cases['cifar10 VE NCSN++, batch 8'] = (cifar10_ve_ncsnpp, 8, 1, published_cifar10, 3, 32)
+    out = {'command': 'python benchmarks/reference_speed.py ' + ' '.join(sys.argv[1:]), 'torch': torch.__version__,
+           'jax': jax.__version__, 'torch_threads': args.threads, 'cores': os.cpu_count(), 'reps': args.reps,
+           'cases': {}}
+    for name, (ours_module, batch, n_jit, make_config, channels, size) in cases.items():
+        print(f'{name}: building and compiling ...', flush=True)
+        calls = {}
+        first = {}
+        for k in sorted({1, n_jit}):
+            calls[f'ours train, {k} step(s) per call'] = (_ours(ours_module, batch, k)[0], k)
+        _, ours_forward = _ours(ours_module, batch, 1)
+        calls['ours forward'] = (ours_forward, 1)
+        ref_train, ref_forward = _reference(args.reference, make_config, batch, channels, size)
+        calls['reference train'], calls['reference forward'] = (ref_train, 1), (ref_forward, 1)
+        for key, (fn, _) in calls.items():
+            first[key] = _time(fn)
+        times = {key: [] for key in calls}
+        for r in range(args.reps):
+            for key, (fn, _) in calls.items():
+                times[key].append(_time(fn))
+            print(f'  repetition {r + 1}/{args.reps}: ' + ', '.join(f'{k} {times[k][-1]:.3f} s' for k in calls), flush=True)
+        case = {key: {**_summary(times[key], per), 'first_call_s': first[key], 'steps_per_call': per}
+                for key, (_, per) in calls.items()}
+        best_ours = min(case[k]['median_s'] for k in case if k.startswith('ours train'))
+        case['ratios'] = {'train, ours / reference (per optimiser step, best steps per call)':
+                          best_ours / case['reference train']['median_s'],
+                          'forward, ours / reference': case['ours forward']['median_s'] /
+                          case['reference forward']['median_s']}
+        print(f'  {name}: ' + ', '.join(f'{k} {v:.2f}' for k, v in case['ratios'].items()), flush=True)
+        out['cases'][name] = case
+    path = os.path.join(RESULTS, 'reference_speed.json')
+    saved = json.load(open(path)) if os.path.exists(path) else {}
+    saved[args.tag] = out
+    with open(path + '.tmp', 'w') as f:
+        json.dump(saved, f, indent=2)
+    os.replace(path + '.tmp', path)
+    print('wrote', path, flush=True)
+
+
+if __name__ == '__main__':
+    main()
