@@ -1,12 +1,16 @@
 """Package the training-length study's last networks as a model anyone can sample without training.
 
-    python benchmarks/ship_model.py --data_dir /usr/share/datasets/fashion-mnist   # seconds, after training_length.py
+    python benchmarks/ship_model.py --data_dir /usr/share/datasets/fashion-mnist   # a minute, after training_length.py
+    python benchmarks/ship_model.py --data_dir <IDX folder> --metric_only   # rewrite only what the metric needs
 
 Writes pretrained/fashion_mnist/: one checkpoint holding the EMA parameters of the full-space 32 px network and of
 the 16 px and 8 px level networks (no optimiser state) at the study's last stage, the settings record it names
 (configs/fashion_mnist.py with every level in this one workdir), the chain statistics measured on the training
-set, and the metric's classifier of the evaluations. `sd.load('pretrained/fashion_mnist')` samples it;
-`--mode=eval` evaluates a copy of it (evaluation writes beside the checkpoints).
+set, the metric's classifier of the evaluations (trained here when the study has none of these images), the test
+split's reference statistics in its features and in pixels (means and covariances, the covariances as float32,
+no KID features: 2.4 MB), and the manifest shipped.json (run/shipped.py) with what the data's files hold, which
+makes it a shipped model. `sd.load('pretrained/fashion_mnist')` samples it; `main.py --mode=eval
+--workdir=pretrained/fashion_mnist` evaluates it in a working copy (runs/fashion_mnist), without the data.
 """
 import argparse
 import glob
@@ -16,11 +20,14 @@ import shutil
 import sys
 
 import jax
+import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from configs import fashion_mnist  # noqa: E402
-from subspace_diffusion.run import loading, records, statistics  # noqa: E402
+from subspace_diffusion.evaluation.quality import Scorer  # noqa: E402
+from subspace_diffusion.formats.files import atomic_json  # noqa: E402
+from subspace_diffusion.run import data, loading, records, shipped, statistics  # noqa: E402
 from subspace_diffusion.run.checkpoints import ARCHIVE, Checkpoints  # noqa: E402
 from subspace_diffusion.run.experiment import Experiment  # noqa: E402
 from subspace_diffusion.run.settings import Settings  # noqa: E402
@@ -35,7 +42,12 @@ def main():
     parser.add_argument('--data_dir', default=fashion_mnist.get_config().data.data_dir)
     parser.add_argument('--step', type=int, default=None, help='default: the study\'s last archived step')
     parser.add_argument('--out', default=os.path.join(ROOT, 'pretrained', 'fashion_mnist'))
+    parser.add_argument('--metric_only', action='store_true',
+                        help='rewrite only the reference statistics and the manifest of an existing --out')
     args = parser.parse_args()
+    if args.metric_only:
+        carry_metric(args.out, Settings.from_config(_with(fashion_mnist.get_config(), args.data_dir, ())))
+        return
     study = lambda *p: os.path.join(args.study, *p)  # noqa: E731
     config = fashion_mnist.get_config()
     config.subspace.train_level = -1  # every level's network in this one workdir
@@ -59,11 +71,29 @@ def main():
     statistics.load(reading, exp.chain, tmp, write=True)
     for path in glob.glob(study('eval', 'proxy_classifier_*.npz')):
         shutil.copy(path, tmp)
+    carry_metric(tmp, reading)
     os.replace(tmp, args.out)
     size = sum(os.path.getsize(p) for p in glob.glob(os.path.join(args.out, '**'), recursive=True) if os.path.isfile(p))
     print(json.dumps({'out': args.out, 'step': step, 'bytes': size,
                       'params': {k: int(sum(x.size for x in jax.tree.leaves(v)))
                                  for k, v in loaded.params.items()}}, indent=2))
+
+
+def carry_metric(folder, reading: Settings):
+    """Write into `folder` what evaluating the model without its data needs: the test split's reference statistics
+    (computed from reading.data with the folder's classifier, trained there when it has none of these images) and
+    the manifest recording what the data's files hold."""
+    scorer = Scorer(reading, folder)
+    ref = scorer.write_reference()
+    # Means and covariances serve the Frechet distances; the KID features (5 MB) and float64 covariances (8 MB for
+    # the pixels) would triple the model's size. float32 moved the distances of 256 training images by 6e-8.
+    arrays = {k: v.astype(np.float32) if k.endswith('_sigma') else v for k, v in ref.items()
+              if not k.endswith('_features')}
+    with open(scorer.ref_stats_path(), 'wb') as f:
+        np.savez_compressed(f, **arrays)
+    atomic_json(os.path.join(folder, shipped.MANIFEST), {
+        'model': os.path.basename(os.path.normpath(folder)), 'made_by': 'benchmarks/ship_model.py',
+        'data': {split: data.source_digest(reading.data, split) for split in ('train', 'test')}})
 
 
 def _with(config, data_dir, level_workdirs):

@@ -4,9 +4,11 @@
 
 The config is checked once, here, into typed settings (run/settings.py); bad input of any kind (a flag,
 a config field, data, a file, a checkpoint, the workdir) ends with one line naming the problem and the
-fix, and a non-zero exit. Each mode is one job of subspace_diffusion/jobs/. On several hosts add
---distributed (TPU pods, SLURM and other auto-detected clusters) or give --coordinator_address,
---num_processes and --process_id; run the same command on every host.
+fix, and a non-zero exit. --config takes a config file or a settings record (.json); without it, the record
+of the workdir's newest checkpoint (run/records.py) is the config, and --config.<field> flags apply on top.
+A shipped model (run/shipped.py) stays as shipped: runs on it work in a copy of it, --output_dir. Each mode is
+one job of subspace_diffusion/jobs/. On several hosts add --distributed (TPU pods, SLURM and other auto-detected
+clusters) or give --coordinator_address, --num_processes and --process_id; run the same command on every host.
 """
 import inspect
 import logging as std_logging
@@ -19,7 +21,13 @@ import traceback
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from subspace_diffusion.formats.files import atomic_json, config_module, writable
+from subspace_diffusion.formats.files import (
+    FileProblem,
+    atomic_json,
+    config_module,
+    read_json,
+    writable,
+)
 from subspace_diffusion.formats.pth import PthError
 from subspace_diffusion.jobs import (
     conditional,
@@ -30,7 +38,7 @@ from subspace_diffusion.jobs import (
     subspace_stats,
     train,
 )
-from subspace_diffusion.run import compilation, parallel
+from subspace_diffusion.run import compilation, loading, parallel, records, shipped
 from subspace_diffusion.run.checkpoints import CheckpointError, SaveFailed
 from subspace_diffusion.run.lock import WorkdirLock
 from subspace_diffusion.run.published import WEIGHTS
@@ -64,16 +72,34 @@ MODE_HELP = {  # what --help says of each mode
     'colorize': 'colour every image of eval.cond_input_dir; results in <workdir>/colorize/ (or eval.cond_folder)',
     'import': 'a published PyTorch checkpoint (--import_from, --import_level) as a level of the workdir',
 }
-MAIN_FLAGS = ('mode', 'config', 'workdir', 'compile_cache', 'import_from', 'import_level', 'import_weights',
-              'import_dry_run', 'distributed', 'coordinator_address', 'num_processes', 'process_id',
+MAIN_FLAGS = ('mode', 'config', 'workdir', 'output_dir', 'compile_cache', 'import_from', 'import_level',
+              'import_weights', 'import_dry_run', 'distributed', 'coordinator_address', 'num_processes', 'process_id',
               'distributed_timeout')
 IMPORT_FLAGS = ('import_from', 'import_level', 'import_weights', 'import_dry_run')
 _repeated = []  # the flags given more than once (the last value wins), logged once logging is set up
+_from_record = []  # the workdir's record that stands in for a missing --config, logged once logging is set up
 # The modes whose checkpoints write the record of their settings, with the first one (run/records.py).
 CHECKPOINT_MODES = ('train', 'import')
 
-config_flags.DEFINE_config_file('config', None, 'Config file (ml_collections).', lock_config=True)
+
+class _ConfigParser(config_flags.config_flags.ConfigFileFlagParser):
+    """--config: a config file (.py with get_config()) or a settings record (.json, what runs write in a workdir)."""
+
+    def parse(self, path):
+        if not path.endswith('.json'):
+            return super().parse(path)
+        config = records.as_config(read_json(path, 'settings record', 'give --config a config file (configs/<file>.py) '
+                                                                      'or a config_<mode>.json a run wrote'))
+        config.lock()
+        return config
+
+
+config_flags.DEFINE_config_file('config', None, 'Config file (ml_collections), or a settings record (.json); default: '
+                                'the record of the --workdir\'s newest checkpoint.', lock_config=True)
+FLAGS['config'].parser = _ConfigParser('config', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, statistics, samples and logs.')
+flags.DEFINE_string('output_dir', None, 'Where a shipped model\'s runs work (a copy of it, made on first use); '
+                    f'default {os.path.join(shipped.RUNS, "<its name>")}. The shipped folder itself stays as shipped.')
 flags.DEFINE_enum('mode', None, list(MODES), 'What to run.')
 flags.DEFINE_bool('distributed', False, 'Call jax.distributed.initialize (auto-detects TPU pods and clusters).')
 flags.DEFINE_string('coordinator_address', None, 'host:port of process 0, for a multi-process run.')
@@ -88,7 +114,7 @@ flags.DEFINE_integer('import_level', None, '--mode=import: the level the checkpo
 flags.DEFINE_enum('import_weights', 'ema', WEIGHTS,
                   '--mode=import: EMA weights (as published for sampling) or the raw model weights.')
 flags.DEFINE_bool('import_dry_run', False, '--mode=import: print the key mapping and parameter count, write nothing.')
-flags.mark_flags_as_required(['config', 'workdir', 'mode'])
+flags.mark_flags_as_required(['workdir', 'mode'])
 
 
 def parse_flags(argv):
@@ -99,14 +125,19 @@ def parse_flags(argv):
         sys.exit(0)
     argv, repeated = _last_wins(argv)
     _repeated.extend(repeated)
-    config_file = next((a.split('=', 1)[1] for a in reversed(argv) if a.startswith('--config=')), None)
-    if config_file:
+    config_file = _flag_value(argv, 'config')
+    if config_file is None and not any(re.match(r'--?config(=|$)', a) for a in argv[1:]):
+        config_file = _workdir_record(_flag_value(argv, 'workdir'))
+        argv = argv[:1] + [f'--config={config_file}'] + argv[1:]  # before the fields it defines
+        _from_record.append(config_file)
+    if config_file is not None:
         path = config_file.split(':')[0]
         if not os.path.isfile(path):
             # Checked first: config_flags would print a traceback and fail only later, on first use.
             sys.exit(f'error: config file not found: --config={config_file}')
-        # A config imports its base as configs.<name>: the folder above configs/ must be importable, from anywhere.
-        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(path))))
+        if not path.endswith('.json'):
+            # A config imports its base as configs.<name>: the folder above configs/ must be importable, from anywhere.
+            sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(path))))
     try:
         rest = FLAGS(argv)
     except Exception as e:  # noqa: BLE001 -- config_flags raises AttributeError, KeyError, IOError, flags.Error
@@ -117,9 +148,30 @@ def parse_flags(argv):
     return rest
 
 
+def _flag_value(argv, name: str):
+    """The value of the last --<name>=<value> in argv, or None."""
+    return next((a.split('=', 1)[1] for a in reversed(argv) if a.startswith(f'--{name}=')), None)
+
+
+def _workdir_record(workdir) -> str:
+    """The settings record of `workdir` (that of its newest checkpoint), which stands in for a missing --config;
+    exits with one line when there is none."""
+    name = None
+    if workdir and os.path.isdir(workdir):
+        try:
+            name = records.find(workdir, loading.checkpoint_at(workdir)[1])
+        except (CheckpointError, FileProblem, OSError):  # a damaged checkpoint: the run itself will say so
+            name = records.find(workdir, {})
+    if name is None:
+        where = f'--workdir={workdir} holds no settings record to use instead' if workdir else 'no --workdir was given'
+        sys.exit(f'error: --config is missing and {where}: give --config=configs/<file>.py (the config the run is '
+                 f'made with), or the --workdir of a run that recorded its settings')
+    return os.path.join(workdir, name)
+
+
 def usage() -> str:
     """The --help text: how to call, the modes, the main flags and where the settings are."""
-    lines = ['usage: python main.py --mode=<mode> --config=configs/<file>.py --workdir=<dir> '
+    lines = ['usage: python main.py --mode=<mode> [--config=configs/<file>.py] --workdir=<dir> '
              '[--config.<section>.<field>=<value> ...]',
              '       (the `subspace-diffusion` console command takes the same flags)', '', 'modes:']
     lines += [f'  {mode:<15} {text}' for mode, text in MODE_HELP.items()]
@@ -182,6 +234,8 @@ def _config_problem(config_file, error):
     def here(filename) -> bool:
         return bool(filename) and os.path.abspath(filename) == os.path.abspath(path)
 
+    if path.endswith('.json'):  # a record: read_json's line says what is wrong with it
+        return None
     if isinstance(error, SyntaxError) and here(error.filename):
         return f'{path}, line {error.lineno}: {error.msg}: fix the config file'
     frames = [f for f in traceback.extract_tb(error.__traceback__) if here(f.filename)]
@@ -213,6 +267,8 @@ def _config_problem(config_file, error):
 def _base_config(config_file):
     """The config a --config=<file> flag names, loaded without overrides (None if it cannot be)."""
     try:
+        if config_file.endswith('.json'):
+            return FLAGS['config'].parser.parse(config_file)
         return config_flags.config_flags._LoadConfigModule('config', config_file.split(':')[0]).get_config()
     except Exception:  # noqa: BLE001 -- only used to suggest field names
         return None
@@ -253,6 +309,37 @@ def check_workdir(workdir):
         raise ValueError(f'--workdir={workdir} cannot be written ({reason}): choose another --workdir')
 
 
+def output_workdir(workdir) -> str:
+    """The workdir the run writes into, checked: --workdir, or for a shipped model its working copy (--output_dir,
+    made on first use); ValueError (one line) for a shipped model a mode would change, or --output_dir elsewhere."""
+    if not shipped.is_shipped(workdir):
+        if FLAGS.output_dir is not None:
+            raise ValueError(f'--output_dir is for the runs of a shipped model (pretrained/<name>), and --workdir='
+                             f'{workdir} is not one: leave --output_dir out, the run writes into its --workdir')
+        check_workdir(workdir)
+        return workdir
+    if FLAGS.mode in CHECKPOINT_MODES:
+        raise ValueError(f'--workdir={workdir} is a shipped model, kept as shipped: --mode={FLAGS.mode} writes '
+                         f'checkpoints into its workdir: copy it (cp -r {workdir} runs/mine) and give '
+                         f'--workdir=runs/mine')
+    out = FLAGS.output_dir or shipped.default_output(workdir)
+    if os.path.abspath(out) == os.path.abspath(workdir):
+        raise ValueError(f'--output_dir={out} is the shipped model itself, which stays as shipped: give another '
+                         f'--output_dir')
+    check_workdir(out)
+    made, problem = False, None
+    if parallel.is_main_process():
+        try:
+            made = shipped.working_copy(workdir, out)
+        except ValueError as e:
+            problem = str(e)
+    if parallel.any_process(problem is not None):  # the other processes wait for process 0's copy
+        raise ValueError(problem or f'process 0 could not make the working copy {out}')
+    logging.info('%s is a shipped model and stays as shipped: --mode=%s works in %s, %s (--output_dir=<dir> for '
+                 'another place)', workdir, FLAGS.mode, out, 'a copy of it made now' if made else 'its copy')
+    return out
+
+
 def record_settings(settings: Settings, workdir, mode):
     """Write config_<mode>.json once the mode has finished; train and import record with their checkpoints."""
     if mode not in CHECKPOINT_MODES:
@@ -282,6 +369,9 @@ def main(argv):
     sys.unraisablehook = _quiet_abandoned_writes
     if _repeated:
         logging.info('given more than once, the last value wins: %s', ', '.join(_repeated))
+    if _from_record:
+        logging.info('no --config: the settings recorded in %s, with the --config.<field> flags on top',
+                     _from_record[0])
     if FLAGS.mode != 'train':  # training saves a checkpoint on Ctrl-C (jobs/train.py); the others leave at once
         signal.signal(signal.SIGINT, _interrupted)
     try:
@@ -295,11 +385,11 @@ def main(argv):
         if FLAGS.mode == 'import' and FLAGS.import_dry_run:  # writes nothing, not even the workdir
             MODES[FLAGS.mode](settings, FLAGS.workdir)
             return
-        check_workdir(FLAGS.workdir)
-        with WorkdirLock(FLAGS.workdir, FLAGS.mode):
-            MODES[FLAGS.mode](settings, FLAGS.workdir)
+        workdir = output_workdir(FLAGS.workdir)
+        with WorkdirLock(workdir, FLAGS.mode):
+            MODES[FLAGS.mode](settings, workdir)
             if parallel.is_main_process():  # a run that fails or is refused leaves the earlier record
-                record_settings(settings, FLAGS.workdir, FLAGS.mode)
+                record_settings(settings, workdir, FLAGS.mode)
     except SaveFailed as e:
         # Orbax's writer threads are left mid-write; a normal interpreter exit would print their
         # tracebacks. The previous checkpoint is whole, so leave at once with the one line.

@@ -3,6 +3,7 @@ the package's install metadata."""
 import os
 import re
 import shutil
+import subprocess
 import sys
 import tomllib
 
@@ -121,3 +122,31 @@ def test_install_metadata():
     assert 'run()' in open(os.path.join(ROOT, 'main.py')).read()  # main.py runs the same entry point
     assert meta['tool']['setuptools']['dynamic']['dependencies']['file'] == ['requirements.txt']
     assert meta['project']['dynamic'] == ['dependencies'] and 'dependencies' not in meta['project']
+
+
+CACHE_PROBE = '''
+import sys
+import jax
+events = []
+jax.monitoring.register_event_listener(lambda event, **kwargs: events.append(event))
+import subspace_diffusion as sd
+sd.load(sys.argv[1]).sample(2, method='dpm_solver++', nfe=8, seed=0)
+print(events.count('/jax/compilation_cache/cache_hits'))
+'''
+
+
+def test_a_second_api_session_loads_its_programs_from_the_compilation_cache(workdir, tmp_path):
+    """sd.load turns on main.py's persistent compilation cache, at the same default place ($XDG_CACHE_HOME)."""
+    env = dict(os.environ, JAX_PLATFORMS='cpu', XDG_CACHE_HOME=str(tmp_path), PYTHONPATH=ROOT)
+    cache = tmp_path / 'subspace_diffusion' / 'jax'
+
+    def session():
+        out = subprocess.run([sys.executable, '-c', CACHE_PROBE, str(workdir)], env=env, capture_output=True,
+                             text=True, timeout=300, cwd=tmp_path)
+        assert out.returncode == 0, out.stderr[-3000:]
+        return int(out.stdout.split()[-1]), sorted(os.listdir(cache))
+
+    hits, written = session()
+    assert hits == 0 and written  # the first session compiled and kept its programs
+    hits, kept = session()
+    assert hits >= len(written) and kept == written  # the second loaded them all and compiled nothing worth keeping

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -204,6 +205,10 @@ BAD_ARGUMENTS = [
     ('m.bits_per_dim(np.round(images * 255).astype(np.int64))',
      r'^images \(int64, shape \(2, 8, 8, 1\)\): takes float images in \[0, 1\] \(what sample returns\) or uint8'),
     ('m.bits_per_dim(images, seed=-3)', r'^seed=-3: takes a whole number >= 0'),
+    ("save_grid(images, 'grid')", r"^path='grid': has no extension: add .png \(or another format Pillow writes"),
+    ("save_grid(images, 'grid.txt')", r"^path='grid.txt': has the extension .txt, which names no image format Pillow "
+                                      r'writes: add .png'),
+    ('load(w, compile_cache=3)', r"^compile_cache=3: takes a directory, or '' to run without the cache"),
 ]
 
 
@@ -211,7 +216,8 @@ BAD_ARGUMENTS = [
 def test_bad_arguments_are_one_value_error_naming_them(workdir, model, call, expected):
     images = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 1)) / 255.
     x = np.asarray(model.to_model_space(images))
-    namespace = {'m': model, 'w': workdir, 'load': sd.load, 'np': np, 'x': x, 'images': images}
+    namespace = {'m': model, 'w': workdir, 'load': sd.load, 'save_grid': sd.save_grid, 'np': np, 'x': x,
+                 'images': images}
     with pytest.raises(ValueError) as e:
         eval(call, namespace)  # noqa: S307 -- the calls of the table above
     assert re.search(expected, str(e.value)) and '\n' not in str(e.value), str(e.value)
@@ -246,3 +252,47 @@ def test_uint8_images_are_taken_as_a_png_gives_them(model):
     np.testing.assert_array_equal(model.to_model_space(pixels), model.to_model_space(pixels / 255.))
     with pytest.raises(ValueError, match=r'has values in \[\d+, \d+\]: takes images in \[0, 1\]'):
         model.to_model_space(pixels.astype(np.float32))  # floats on the 0..255 scale are not taken as pixels
+
+
+@pytest.mark.parametrize('call,name', [("m.sample(2, method='dpm_solver++', nfe=100000)", 'nfe=100000'),
+                                       ('m.sample(2, steps=100000)', 'steps=100000')])
+def test_a_budget_far_beyond_any_useful_one_is_refused_with_its_time(model, call, name):
+    with pytest.raises(ValueError) as e:
+        eval(call, {'m': model})  # noqa: S307
+    message = str(e.value)
+    # The largest budget of at most 10,000 effective NFE per sample: PC's steps scale its cost linearly.
+    limit = 'nfe <= 10,000' if name.startswith('nfe') else \
+        f'steps <= {int(100000 * 10_000 / model.effective_nfe(steps=100000)):,}'
+
+    assert re.match(rf'^{re.escape(name)}: [\d,]+ effective NFE per sample would take about \d+m\d\ds for 2 '
+                    rf'sample\(s\) here \([\d.]+ ms per full-space network call\), in one call that reports no '
+                    rf'progress: far beyond any useful budget .*: takes {re.escape(limit)}', message), message
+    cost = float(re.search(r'([\d,]+) effective NFE', message).group(1).replace(',', ''))
+    assert cost > 10_000 and '\n' not in message
+
+
+def test_another_runs_config_is_a_value_error_naming_config(workdir):
+    with pytest.raises(ValueError) as e:
+        sd.load(workdir, config=tiny_config(**RUN, model__nf=16))
+    assert type(e.value) is ValueError and '\n' not in str(e.value)
+    assert re.match(r'^config \(a ConfigDict\): the checkpoint at step 2 in .* was made with other settings '
+                    r'\(model.nf: checkpoint 8, config 16\): takes the config it was made with, or leave config= out',
+                    str(e.value)), str(e.value)
+
+
+def test_every_array_comes_back_as_numpy(model):
+    images = model.sample(2, method='dpm_solver++', nfe=8, seed=3)  # bits_per_dim: numpy by construction
+    x = model.to_model_space(images)
+    outputs = [images, x, model.score(x, 0.5), model.project(x, 1), model.embed(model.project(x, 1), 1)]
+    assert all(type(a) is np.ndarray and a.dtype == np.float32 for a in outputs), [type(a) for a in outputs]
+
+
+def test_samples_repeat_for_a_seed_and_which_samplers_draw_a_prefix_of_a_larger_batch(model):
+    two = model.sample(2, method='dpm_solver++', nfe=8, seed=3)
+    np.testing.assert_array_equal(model.sample(2, method='dpm_solver++', nfe=8, seed=3), two)
+    # As docs/api.md says: each element's noise depends on its index alone, so a fixed-step ODE solver's first two of
+    # four are the two; PC's corrector takes its step size from the batch's mean gradient norm (as score-SDE), so
+    # its samples depend on the whole batch (compared before clipping to [0, 1]).
+    np.testing.assert_allclose(model.sample(4, method='dpm_solver++', nfe=8, seed=3)[:2], two, atol=1e-5)
+    draw = lambda n: np.asarray(model.sampler('pc', steps=4).sample(model.params, jax.random.PRNGKey(3), n)[0])  # noqa
+    assert not np.allclose(draw(4)[:2], draw(2), atol=1e-3)

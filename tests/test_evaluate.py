@@ -1,5 +1,6 @@
 """main.py --mode=eval end to end on the offline digits: samples, proxy metrics, bits/dim, resume after a kill."""
 import json
+import logging
 import os
 import shutil
 import signal
@@ -7,13 +8,17 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
+from idx_files import idx_folder
+from tiny import tiny_settings
 
 from configs import quick_digits
 from subspace_diffusion.evaluation import quality
+from subspace_diffusion.formats.files import atomic_npz
 from subspace_diffusion.jobs import evaluate
-from subspace_diffusion.metrics import fid
+from subspace_diffusion.metrics import classifier, fid
 from subspace_diffusion.run import data, loading
 from subspace_diffusion.run.settings import Settings
 
@@ -165,3 +170,42 @@ def test_eval_end_to_end_resumes_after_kill(tmp_path, trained, classifier_dir, e
 
     with pytest.raises(ValueError, match=r'archived steps in .*: \[1\]'):
         evaluate.eval_steps(_settings(begin_ckpt=5, end_ckpt=9), str(trained))
+
+
+def _fashion(data_dir):
+    """The tiny settings on Fashion-MNIST-style IDX files in data_dir (8 px: a cheap classifier)."""
+    return tiny_settings(data__dataset='fashion_mnist', data__data_dir=str(data_dir))
+
+
+def test_the_cached_classifier_serves_the_same_images_anywhere_and_says_why_not_others(tmp_path, monkeypatch,
+                                                                                       caplog):
+    idx_folder(tmp_path / 'a')
+    shutil.copytree(tmp_path / 'a', tmp_path / 'moved')
+    workdir = tmp_path / 'work'
+    spec = quality.CLASSIFIERS['fashionmnist']
+    params = classifier.init(spec, jax.random.PRNGKey(0), (8, 8, 1))
+    settings = _fashion(tmp_path / 'a')
+    cached = workdir / f'proxy_classifier_fashionmnist_8_{data.content_id(settings.data, "train")}.npz'
+    atomic_npz(cached, test_accuracy=0.9, **params)  # as if trained on the images of a
+    monkeypatch.setattr(classifier, 'train', lambda *a, **k: pytest.fail('trained a second classifier'))
+    assert quality.ClassifierFeatures(_fashion(tmp_path / 'moved'), str(workdir)).test_accuracy == 0.9
+
+    idx_folder(tmp_path / 'other', n=(24, 8))  # other images: the cached classifier cannot serve them
+    trained = []
+    monkeypatch.setattr(classifier, 'train', lambda *a, **k: trained.append(1) or params)
+    monkeypatch.setattr(classifier, 'accuracy', lambda *a, **k: 0.9)
+    with caplog.at_level(logging.INFO):
+        quality.ClassifierFeatures(_fashion(tmp_path / 'other'), str(workdir))
+    assert trained == [1]
+    line, = [r.getMessage() for r in caplog.records if r.getMessage().startswith('no classifier of these')]
+    assert f'in {workdir}: {cached.name} was trained on other images or at another size, padding or channel ' \
+           f'count; training the cnn classifier of fashionmnist for the classifier Frechet distance, 3000 steps (the ' \
+           f'ETA follows after 50) ...' in line
+
+
+def test_without_the_data_evaluation_says_how_to_get_them_before_training_anything(tmp_path, caplog):
+    with caplog.at_level(logging.INFO), pytest.raises(FileNotFoundError) as e:
+        quality.Scorer(_fashion(tmp_path / 'absent'), str(tmp_path))
+    assert str(e.value).startswith(f"IDX folder not found: config.data.data_dir={str(tmp_path / 'absent')!r}: get the "
+                                   f"canonical files with `apt-get download dataset-fashion-mnist")
+    assert 'training' not in caplog.text and not os.listdir(tmp_path)

@@ -3,11 +3,16 @@
 A `Scorer` is built before anything is sampled, so missing or wrong weights show at once: the FID
 Inception when eval.inception_weights names a file (read without torch and without unpickling, or an
 .npz), the classifier of a labelled small-image dataset (trained here once, cached in the workdir), and
-the pixel features of small images. Reference statistics are cached in the workdir under a name keyed on
-the split's content (dataset, files, size), so other data are scored against statistics of their own.
+the pixel features of small images. The classifier and the reference statistics are cached in the workdir
+under names keyed on the split's content (data.content_id: the dataset, what its files hold, size, padding,
+channels), so the same images anywhere reuse them and other data are scored against statistics of their own.
+A shipped model's working copy (run/shipped.py) carries both for the data it was trained on, found by the
+content its manifest records when the data are not here: its evaluation needs no dataset.
 """
+import glob
 import os
 import time
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -23,7 +28,7 @@ from subspace_diffusion.formats.files import (
 )
 from subspace_diffusion.formats.images import to_uint8
 from subspace_diffusion.metrics import classifier, fid, inception
-from subspace_diffusion.run import data, parallel
+from subspace_diffusion.run import data, parallel, shipped
 from subspace_diffusion.run.progress import fmt_duration
 from subspace_diffusion.run.settings import Settings
 
@@ -35,6 +40,7 @@ KID_FEATURES = ('classifier', 'inception')  # feature sets whose KID is reported
 # foreign labels: every sample would look alike in its features, and its Frechet distance would call garbage good.
 MIN_CLASSIFIER_ACCURACY = 0.5
 MIN_REFERENCE_IMAGES = 2  # a covariance needs two; a meaningful one far more than the feature dimension
+CLASSIFIER_PREFIX = 'proxy_classifier_'  # <prefix><dataset>_<size>_<content id of the training split>.npz
 
 
 def _batched(fn, images, batch):
@@ -70,12 +76,14 @@ def _finite(ref: dict) -> bool:
 
 
 class ClassifierFeatures:
-    """The dataset's cached classifier as a feature extractor: __call__ uint8 (N, H, W, C) -> (N, D)."""
+    """The dataset's cached classifier as a feature extractor: __call__ uint8 (N, H, W, C) -> (N, D); cached in
+    `workdir` under the content id `train_id` of the training split (default: data.content_id of its files)."""
 
-    def __init__(self, settings: Settings, workdir):
+    def __init__(self, settings: Settings, workdir, train_id: Optional[str] = None):
         d = settings.data
         self.spec = CLASSIFIERS[d.dataset]
-        path = os.path.join(workdir, f'proxy_classifier_{d.dataset}_{d.image_size}_{data.content_id(d, "train")}.npz')
+        train_id = train_id or data.content_id(d, 'train')
+        path = os.path.join(workdir, f'{CLASSIFIER_PREFIX}{d.dataset}_{d.image_size}_{train_id}.npz')
         fix = 'delete it to train the classifier again'
         try:
             arrays = read_npz(path, 'cached classifier', fix, required=('test_accuracy',)) \
@@ -88,7 +96,7 @@ class ClassifierFeatures:
             self.params = {k: jnp.asarray(v) for k, v in arrays.items()}
             self._check_accuracy(d, f', then delete the cached classifier {path}')
         else:
-            self.params, self.test_accuracy = self._train(d)
+            self.params, self.test_accuracy = self._train(d, path)
             self._check_accuracy(d, '')  # not cached: a fixed data set trains it anew
             if parallel.is_main_process():
                 atomic_npz(path, test_accuracy=self.test_accuracy, **self.params)
@@ -106,11 +114,19 @@ class ClassifierFeatures:
                              f'labels of {d.data_dir or d.dataset} are damaged or foreign, or the images too small to '
                              f'tell the classes apart; use the canonical label files or a larger data.image_size{then}')
 
-    def _train(self, d):
-        logging.info('training the %s classifier of %s for the classifier Frechet distance (%d steps) ...',
-                     self.spec.kind, d.dataset, self.spec.steps)
-        x, y = data.labelled_split(d, 'train')
+    def _train(self, d, path):
+        """(parameters, test accuracy) of the classifier trained on the training split; the log says first why no
+        cached one serves (`path` is absent) and, after the first steps, how long it takes."""
+        x, y = data.labelled_split(d, 'train')  # a missing dataset stops here, before training is announced
         x_test, y_test = data.labelled_split(d, 'test')
+        others = sorted(os.path.basename(p) for p in glob.glob(os.path.join(os.path.dirname(path),
+                                                                            f'{CLASSIFIER_PREFIX}*.npz')))
+        why = (f'{", ".join(others)} {"was" if len(others) == 1 else "were"} trained on other images or at another '
+               f'size, padding or channel count' if others else 'none is cached')
+        logging.info('no classifier of these training images (%s) in %s: %s; training the %s classifier of %s for '
+                     'the classifier Frechet distance, %d steps (the ETA follows after %d) ...', os.path.basename(path),
+                     os.path.dirname(path) or '.', why, self.spec.kind, d.dataset, self.spec.steps,
+                     classifier.FIRST_REPORT)
         start = time.perf_counter()
 
         def report(done):
@@ -135,11 +151,15 @@ class Scorer:
 
     def __init__(self, settings: Settings, workdir):
         self.settings, self.workdir = settings, workdir
+        self.missing = data.data_missing(settings.data)
+        if self.missing and shipped.recorded_digest(workdir, 'train'):
+            logging.info('config.data.data_dir=%r is not here: scoring with the classifier and the reference '
+                         'statistics this model carries for the data it was trained on', settings.data.data_dir)
         self.features = {}
         if classifier.pixel_fd_applies(settings.data.shape):
             self.features['pixel'] = classifier.pixel_features
         if settings.data.dataset in CLASSIFIERS:
-            self.classifier = ClassifierFeatures(settings, workdir)
+            self.classifier = ClassifierFeatures(settings, workdir, self._content_id('train'))
             self.features['classifier'] = self.classifier
         self.inception = None
         if settings.eval.inception_weights:
@@ -160,11 +180,15 @@ class Scorer:
             feats['inception'], feats['inception_logits'] = _batched(self.inception, images, INCEPTION_BATCH)
         return feats
 
+    def _content_id(self, split: str) -> str:
+        """data.content_id of a split, by what the workdir's manifest records of it when the data are not here."""
+        return data.content_id(self.settings.data, split, shipped.recorded_digest(self.workdir, split))
+
     def _cache_path(self, prefix: str = 'ref_stats') -> str:
         """<workdir>/<prefix>_<dataset>_<size>_<content id>.npz: the reference statistics this workdir computes."""
         d = self.settings.data
         return os.path.join(self.workdir, f'{prefix}_{d.dataset}_{d.image_size}_'
-                                          f'{data.content_id(d, self.settings.eval.ref_split)}.npz')
+                                          f'{self._content_id(self.settings.eval.ref_split)}.npz')
 
     def ref_stats_path(self) -> str:
         """eval.ref_stats_path (read, never written), or the workdir's cache."""
@@ -200,7 +224,9 @@ class Scorer:
 
     def reference(self) -> dict:
         """Reference statistics for every feature set in use: eval.ref_stats_path, or the workdir's cache (computed
-        as --mode=fid_stats does when absent, incomplete or damaged, and the log says so)."""
+        as --mode=fid_stats does when absent, incomplete or damaged, and the log says so). Without the data, a cache
+        of means and covariances alone (what a shipped model carries) serves the Frechet distances, and KID is
+        skipped."""
         needed = [f'{n}_mu' for n in self.names] + [f'{n}_features' for n in self.names if n in KID_FEATURES]
         if self.settings.eval.ref_stats_path:
             fix = ('point config.eval.ref_stats_path at statistics written by --mode=fid_stats with the same feature '
@@ -213,21 +239,27 @@ class Scorer:
             return ref
         path = self._cache_path()
         if not os.path.exists(path):
-            logging.info('no reference statistics at %s: computing them (main.py --mode=fid_stats does this alone)',
-                         path)
-            return self.write_reference()
+            return self._recompute(f'no reference statistics at {path}: computing them (main.py --mode=fid_stats '
+                                   f'does this alone)')
         try:
             ref = read_npz(path, 'reference statistics', 'delete it to compute them again',
                            required=('split', 'num_examples'))
         except FileProblem as e:
-            logging.warning('%s; computing them again', e)
-            return self.write_reference()
+            return self._recompute(f'{e}; computing them again', warn=True)
         if not _finite(ref):
-            logging.warning('%s holds values that are not finite: computing the reference statistics again', path)
-            return self.write_reference()
-        if all(k in ref for k in needed):
+            return self._recompute(f'{path} holds values that are not finite: computing the reference statistics '
+                                   f'again', warn=True)
+        lacking = [k for k in needed if k not in ref]
+        if not lacking or self.missing and all(k.endswith('_features') for k in lacking):
             return ref
-        logging.info('%s lacks %s: recomputing the reference statistics', path, [k for k in needed if k not in ref])
+        return self._recompute(f'{path} lacks {lacking}: recomputing the reference statistics')
+
+    def _recompute(self, why: str, warn: bool = False) -> dict:
+        """write_reference, after `why` is logged (a warning for a damaged cache); with the data missing, the one
+        line of how to get them instead."""
+        if self.missing:
+            raise FileNotFoundError(self.missing)
+        (logging.warning if warn else logging.info)('%s', why)
         return self.write_reference()
 
     def class_reference(self) -> dict:
@@ -287,8 +319,10 @@ class Scorer:
                 key = 'fid' if name == 'inception' else f'{name}_fd'
                 out[key] = fid.frechet_distance(mu, sigma, ref[f'{name}_mu'], ref[f'{name}_sigma'])
         for name in KID_FEATURES:
-            if name in feats and len(images) >= 2:
-                key = 'kid' if name == 'inception' else f'{name}_kid'
+            key = 'kid' if name == 'inception' else f'{name}_kid'
+            if name in feats and f'{name}_features' not in ref:
+                out[key] = 'skipped: the reference statistics hold no KID features (the data would give them)'
+            elif name in feats and len(images) >= 2:
                 out[key], out[f'{key}_std'] = fid.kernel_distance(feats[name], ref[f'{name}_features'])
         if self.inception is not None:
             out['inception_score'], out['inception_score_std'] = fid.inception_score(

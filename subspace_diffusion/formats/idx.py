@@ -6,6 +6,7 @@ big-endian uint32 per dimension, then the data. MNIST-style sets use unsigned by
 or mismatched file is one `FileProblem` line naming it.
 """
 import gzip
+import hashlib
 import math
 import os
 
@@ -47,6 +48,16 @@ def read_idx(path, ndim: int) -> np.ndarray:
             what = 'truncated' if len(data) < size else 'longer than its header says'
             raise FileProblem(f'IDX file {path} is {what} ({len(data)} data bytes, the header says {size}): {FIX}')
         return np.frombuffer(data, np.uint8).reshape(tuple(int(n) for n in dims))
+
+
+def digest(path) -> str:
+    """sha1 (hex) of an IDX file's decompressed bytes: the same images give the same digest, gzipped or not."""
+    h = hashlib.sha1()
+    with guarded(path, 'IDX file', FIX):
+        with _open(path) as f:
+            for block in iter(lambda: f.read(1 << 22), b''):
+                h.update(block)
+    return h.hexdigest()
 
 
 def find(folder, split: str, kind: str) -> str:

@@ -1,7 +1,10 @@
 """main.py --mode=inpaint / --mode=colorize: fill in a mask, or colour, every image of a folder (core/conditional.py).
 
 The sampler is the factory's sampler of `sampling.method` (PC, Heun or DPM-Solver++; the adaptive solver has
-no grid to impose the known part on) with a measurement: the known part replaced after every move.
+no grid to impose the known part on) with a measurement: the known part replaced after every move. The images
+are prepared as the training data are (centre-cropped and resized to data.image_size minus the padding, brought
+to data.num_channels, padded with data.padding zero pixels), the log says what was done, and the results are
+written at the size before padding.
 """
 import dataclasses
 import os
@@ -18,8 +21,8 @@ from subspace_diffusion.core.sampling import below_minimum, make_sampler
 from subspace_diffusion.formats.files import FileProblem
 from subspace_diffusion.formats.images import (
     IMAGE_EXTENSIONS,
+    center_crop_resize,
     image_files,
-    load_images,
     read_image,
     save_image_grid,
     to_channels,
@@ -31,8 +34,9 @@ from subspace_diffusion.run.settings import Settings
 GRID = 'grid.png'  # the overview beside the results: rows input | masked (or grey) | result
 
 
-def load_folder(folder, size, channels):
-    """(result names, (N, size, size, channels) float32 in [0, 1]) of every image under `folder`, centre-cropped.
+def load_folder(settings: Settings, folder) -> tuple:
+    """(result names, (N, H, W, C) float32 in [0, 1] prepared as the training data, what was done to them) of every
+    image under `folder`.
 
     A result is named by its input's path under `folder`, as .png: inputs of one stem in different subfolders
     keep apart; two inputs that would share a name (x.png and x.jpg) are refused, never overwritten.
@@ -49,7 +53,26 @@ def load_folder(folder, size, channels):
             raise ValueError(f'{path} and {owner[name]} would both be written as {name} (results are named by their '
                              f'input\'s path under config.eval.cond_input_dir, as .png): rename one of them')
         owner[name] = path
-    return names, load_images(paths, size, channels)
+    d, raw = settings.data, [read_image(p) for p in paths]
+    size = data.inner_size(d)
+    images = data.prepare(d, np.stack([center_crop_resize(to_channels(x, d.num_channels), size) for x in raw]))
+    return names, images, _preparation(d, raw)
+
+
+def _preparation(d, raw) -> str:
+    """What preparing images `raw` ((H, W, C) arrays as read) as the training data does to them, in words."""
+    size, counts = data.inner_size(d), {}
+    for x in raw:
+        counts[f'{x.shape[1]}x{x.shape[0]}'] = counts.get(f'{x.shape[1]}x{x.shape[0]}', 0) + 1
+    done = [] if all(x.shape[:2] == (size, size) for x in raw) else \
+        [f'centre-cropped and resized to {size}x{size}']
+    channels = sorted({min(x.shape[-1], 3) for x in raw} - {d.num_channels})
+    if channels:
+        done.append('made grey (the channel mean)' if d.num_channels == 1 else 'grey copied into 3 channels')
+    if d.padding:
+        done.append(f'padded by {d.padding} px to {d.image_size}x{d.image_size} (data.padding)')
+    sizes = ', '.join(f'{n} of {s}' for s, n in sorted(counts.items()))
+    return f'{sizes}: {", ".join(done) + " as the training data" if done else "used as they are"}'
 
 
 def output_folder(settings: Settings, workdir, task: str) -> str:
@@ -72,9 +95,14 @@ def inpaint_masks(settings: Settings, n, shape):
         image = read_image(name, 'mask image', f'set config.eval.cond_mask to a mask PNG ({meaning}) or to one of '
                                                f'{", ".join(conditional.MASKS)}')
         mask = to_channels(image, 1)[..., 0] * (image[..., 3] if image.shape[-1] == 4 else 1.)
+        p = settings.data.padding
+        if p and mask.shape == (shape[0] - 2 * p, shape[1] - 2 * p):  # drawn on the images before padding
+            mask = np.pad(mask, p, constant_values=1.)  # the padding is known: zeros, as in every training image
         if mask.shape != tuple(shape[:2]):
-            raise FileProblem(f'mask image {name} is {mask.shape[1]}x{mask.shape[0]}, the images are '
-                              f'{shape[1]}x{shape[0]} (data.image_size): {fix}')
+            inner = f'{shape[1] - 2 * p}x{shape[0] - 2 * p}, or {shape[1]}x{shape[0]} with the padding' if p else \
+                f'{shape[1]}x{shape[0]}'
+            raise FileProblem(f'mask image {name} is {mask.shape[1]}x{mask.shape[0]}, the images are {inner} '
+                              f'(data.image_size): {fix}')
         if not np.all((mask == 0) | (mask == 1)):
             raise FileProblem(f'mask image {name} has grey levels other than black and white '
                               f'({np.mean((mask > 0) & (mask < 1)):.0%} of its pixels): {fix}')
@@ -91,7 +119,8 @@ def _conditional_job(settings: Settings, workdir, task: str):
     if task == 'colorize' and c != 3:
         raise ValueError(f'colourisation needs colour data (data.num_channels=3), this config has {c} channel(s)')
     out = output_folder(settings, workdir, task)
-    names, images = load_folder(settings.eval.cond_input_dir, settings.data.image_size, c)
+    names, images, prepared = load_folder(settings, settings.eval.cond_input_dir)
+    logging.info('%s: the images of %s are %s', task, settings.eval.cond_input_dir, prepared)
     K = settings.subspace.levels
     held = set(loading.checkpoint_at(workdir)[1].get('levels', ()))
     levels = tuple(range(K + 1)) if K and set(range(K + 1)) <= held else (0,)
@@ -128,7 +157,9 @@ def _conditional_job(settings: Settings, workdir, task: str):
                               scaler(images[i:i + bs]), masks[i:i + bs])
         results.append(np.clip(inverse(np.asarray(x)), 0., 1.))
         logging.info('%s: %d/%d images (%.1fs)', task, min(i + bs, n), n, time.perf_counter() - t0)
-    results = np.concatenate(results)
+    p = settings.data.padding
+    unpad = (slice(None), slice(p, images.shape[1] - p), slice(p, images.shape[2] - p))  # the size before padding
+    images, shown, results = images[unpad], shown[unpad], np.concatenate(results)[unpad]
     # Written beside the workdir's other files and moved into place whole: a killed run leaves no half folder.
     partial = os.path.join(workdir, f'.{os.path.basename(out)}.partial')
     shutil.rmtree(partial, ignore_errors=True)
@@ -138,7 +169,8 @@ def _conditional_job(settings: Settings, workdir, task: str):
     save_image_grid(np.stack([images, shown, results], axis=1).reshape((-1,) + images.shape[1:]),
                     os.path.join(partial, GRID), ncol=3)
     os.replace(partial, out)
-    logging.info('wrote %d result(s) and %s to %s', n, GRID, out)
+    logging.info('wrote %d result(s) and %s to %s%s', n, GRID, out,
+                 f' ({images.shape[2]}x{images.shape[1]}: without the padding)' if p else '')
     return results
 
 

@@ -23,6 +23,14 @@ class CheckpointError(ValueError):
     """A checkpoint exists but cannot be used with this config."""
 
 
+class SettingsMismatch(CheckpointError):
+    """A checkpoint made with other settings; `mismatch` lists them ('<field>: checkpoint <a>, config <b>')."""
+
+    def __init__(self, message: str, mismatch: list):
+        super().__init__(message)
+        self.mismatch = mismatch
+
+
 class SaveFailed(CheckpointError):
     """Writing a checkpoint failed (disk full, read-only): the previous checkpoint is intact."""
 
@@ -134,9 +142,9 @@ class Checkpoints:
         manager = self._manager_for(step)
         mismatch = setting_differences(meta, expected_meta)
         if mismatch:
-            raise CheckpointError(f'checkpoint {os.path.join(str(manager.directory), str(step))} was trained with '
-                                  f'other settings: ' + '; '.join(mismatch)
-                                  + '. Use the settings it was trained with, or a fresh --workdir.')
+            raise SettingsMismatch(f'checkpoint {os.path.join(str(manager.directory), str(step))} was trained with '
+                                   f'other settings: ' + '; '.join(mismatch)
+                                   + '. Use the settings it was trained with, or a fresh --workdir.', mismatch)
         if partial:
             args = ocp.args.PyTreeRestore(item=abstract_state, partial_restore=True,
                                           restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_state))

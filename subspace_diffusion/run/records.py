@@ -12,12 +12,15 @@ import os
 import re
 from typing import Optional
 
+import ml_collections
 from absl import logging
 
 from subspace_diffusion.formats.files import FileProblem, atomic_json, read_json
 from subspace_diffusion.run.settings import Settings, differences
 
 META_KEY = 'settings_record'  # the key of a checkpoint's JSON that names its record
+# Where workdirs whose checkpoints name no record (written before records were named) keep their settings.
+LEGACY = ('config_train.json', 'config_import.json', 'config_eval.json')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,3 +80,21 @@ def read(workdir, name: str, step: Optional[int]) -> dict:
     later = sorted(int(m.group(1)) for m in kept if m and step is not None and int(m.group(1)) > step)
     path = _before(os.path.join(workdir, name), later[0]) if later else os.path.join(workdir, name)
     return read_json(path, 'settings record', 'pass config= (the config file the checkpoints were made with)')
+
+
+def find(workdir, meta: dict) -> Optional[str]:
+    """The name of the record that the checkpoint whose JSON is `meta` names ({}: no checkpoint), else the first of
+    LEGACY the workdir holds; None when it holds neither."""
+    name = meta.get(META_KEY)
+    if name is not None:
+        return name
+    return next((n for n in LEGACY if os.path.exists(os.path.join(workdir, n))), None)
+
+
+def as_config(record: dict) -> ml_collections.ConfigDict:
+    """A record as the config it was written from: JSON's lists back to the tuples every config holds."""
+    def tuples(value):
+        if isinstance(value, dict):
+            return {k: tuples(v) for k, v in value.items()}
+        return tuple(tuples(v) for v in value) if isinstance(value, list) else value
+    return ml_collections.ConfigDict(tuples(record))
