@@ -30,7 +30,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, 'tests'))
 from configs import fashion_mnist  # noqa: E402
-from results import save_result  # noqa: E402
+from results import RESULTS, save_result  # noqa: E402
 from steps import Steps, log_seconds, over_seeds, read_metrics, sample_panels  # noqa: E402
 from tensorboard_events import scalars  # noqa: E402
 from training_length import CONFIG, METRICS, _folder, cell, noise_share  # noqa: E402
@@ -56,10 +56,19 @@ def _seeds_at(stage, args):
     return args.seeds if stage == args.stages[-1] else args.seeds[:1]
 
 
+def _methods_at(stage, args) -> dict:
+    """Every sampler at the last stage; the adaptive ODE's 256 samples (about 14 min on one core) only there, the
+    flow diagnosis gives its noise share on 64 samples at every stage."""
+    return METHODS if stage == args.stages[-1] else {m: v for m, v in METHODS.items() if m != 'adaptive ode'}
+
+
 def _seed_classifier(eval_dir):
-    """Start an evaluation workdir with the shipped metric classifier (the same training images, the same hash)."""
+    """Start an evaluation workdir with the metric classifier the shipped model or the other side already has (the
+    same training images, the same hash), so both sides are scored in one classifier's features."""
     os.makedirs(eval_dir, exist_ok=True)
-    for path in glob.glob(os.path.join(SHIPPED, 'proxy_classifier_*.npz')):
+    control = os.path.dirname(os.path.dirname(eval_dir))
+    siblings = glob.glob(os.path.join(control, '*', 'eval', 'proxy_classifier_*.npz'))
+    for path in glob.glob(os.path.join(SHIPPED, 'proxy_classifier_*.npz')) + siblings:
         target = os.path.join(eval_dir, os.path.basename(path))
         if not os.path.exists(target):
             shutil.copy(path, target)
@@ -74,6 +83,11 @@ def main():
     parser.add_argument('--stages', type=int, nargs='+', default=[2500, 5000, 10000])
     parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
     parser.add_argument('--report', action='store_true', help='run nothing: JSON, figure and table of finished stages')
+    parser.add_argument('--skip_flow', action='store_true',
+                        help='evaluations only, no flow_failure.py (a second training run: the spread of the metrics)')
+    parser.add_argument('--name', default='reference_control',
+                        help='the JSON and figures are benchmarks/results/<name>.json, docs/<name>*.png (another '
+                             'training run of the reference, e.g. --reference_run runs/reference_fashion_seed1)')
     args = parser.parse_args()
     w = lambda *p: os.path.join(args.workdir, *p)  # noqa: E731
     os.makedirs(w('logs'), exist_ok=True)
@@ -81,8 +95,10 @@ def main():
     for s in args.stages:
         plan[f'import the reference at {s}'] = 10
         for side in SIDES:
-            plan.update({f'eval {side}, {m} at {s}, seed {seed}': EVAL_S[m] for m in METHODS for seed in _seeds_at(s, args)})
-            plan[f'flow {side} at {s}'] = 600
+            plan.update({f'eval {side}, {m} at {s}, seed {seed}': EVAL_S[m] for m in _methods_at(s, args)
+                         for seed in _seeds_at(s, args)})
+            if not args.skip_flow:
+                plan[f'flow {side} at {s}'] = 600
     steps = Steps(plan, logs=w('logs'))
     if args.report:
         _report(w, args)
@@ -97,7 +113,7 @@ def main():
                 print(f'{side}: no network at step {s} yet (train or import it, then rerun)', flush=True)
                 continue
             _seed_classifier(w(side, 'eval'))
-            for method, extra in METHODS.items():
+            for method, extra in _methods_at(s, args).items():
                 for seed in _seeds_at(s, args):
                     folder = _folder('full space', method, seed)
                     flags = {'seed': seed, 'eval.folder': folder, 'eval.begin_ckpt': s, 'eval.end_ckpt': s,
@@ -105,6 +121,8 @@ def main():
                     steps.run(f'eval {side}, {method} at {s}, seed {seed}',
                               os.path.exists(w(side, 'eval', folder, f'step_{s}', 'metrics.json')), '--mode=eval',
                               *_flags(w(side, 'eval'), args.data_dir, **flags))
+            if args.skip_flow:
+                continue
             steps.run(f'flow {side} at {s}', os.path.exists(w(side, 'flow', f'step_{s}.json')), f'--step={s}',
                       f'--workdir={w(side)}', f'--data_dir={args.data_dir}', '--full_space_only',
                       script='benchmarks/flow_failure.py')
@@ -112,9 +130,9 @@ def main():
 
 
 def _finished(w, args, side, s) -> bool:
-    return os.path.exists(w(side, 'flow', f'step_{s}.json')) and all(
+    return (args.skip_flow or os.path.exists(w(side, 'flow', f'step_{s}.json'))) and all(
         os.path.exists(w(side, 'eval', _folder('full space', m, seed), f'step_{s}', 'metrics.json'))
-        for m in METHODS for seed in _seeds_at(s, args))
+        for m in _methods_at(s, args) for seed in _seeds_at(s, args))
 
 
 def _training_losses(w, args) -> dict:
@@ -137,14 +155,15 @@ def _training_losses(w, args) -> dict:
 
 def _report(w, args):
     """benchmarks/results/reference_control.json, docs/reference_control*.png and the markdown table."""
-    result = {'command': 'python benchmarks/reference_control.py', 'config': 'configs/fashion_mnist.py (full space)',
+    result = {'command': 'python benchmarks/reference_control.py ' + ' '.join(sys.argv[1:]),
+              'config': 'configs/fashion_mnist.py (full space)',
               'stages_planned': args.stages, 'seeds': args.seeds, 'training': _training_losses(w, args), 'sides': {}}
     for side in SIDES:
         stages = [s for s in args.stages if _finished(w, args, side, s)]
         rows = []
         for s in stages:
             methods = {}
-            for m in METHODS:
+            for m in _methods_at(s, args):
                 runs = []
                 for seed in _seeds_at(s, args):
                     folder = w(side, 'eval', _folder('full space', m, seed), f'step_{s}')
@@ -154,16 +173,18 @@ def _report(w, args):
                 methods[m] = {'runs': runs}
                 if len(runs) > 1:
                     methods[m].update(over_seeds(f'{side}, {m} at {s}', runs, METRICS))
-            with open(w(side, 'flow', f'step_{s}.json')) as f:
-                flow = json.load(f)
+            flow = None
+            if os.path.exists(w(side, 'flow', f'step_{s}.json')):
+                with open(w(side, 'flow', f'step_{s}.json')) as f:
+                    flow = json.load(f)
             rows.append({'step': s, 'methods': methods, 'flow': flow})
         result['sides'][side] = {'stages': rows, 'wall_s': sum(log_seconds(p) for p in glob.glob(w('logs', '*.log')))}
     result['reference_own_samplers'] = _own_samplers(w)
     if not any(result['sides'][side]['stages'] for side in SIDES):
         sys.exit('no stage is scored yet: run the control first')
-    save_result('reference_control', result)
+    save_result(args.name, result)
     _figures(w, args, result)
-    print(table(result))
+    print(table(result, _study(RESULTS)))
 
 
 def _own_samplers(w) -> list:
@@ -177,17 +198,42 @@ def _own_samplers(w) -> list:
     return rows
 
 
-def table(result) -> str:
-    """Markdown: per stage and sampler, noise share and classifier FD of ours beside the reference's."""
-    lines = ['| step | sampler | noise share, ours | noise share, reference | classifier FD, ours | '
-             'classifier FD, reference |', '| --- | --- | --- | --- | --- | --- |']
+def _study(result_dir) -> dict:
+    """{(step, method): {'noise_share', 'classifier_fd'}} of the full-space variants of our training before issue 35
+    (benchmarks/results/training_length.json, seed 0), for the table's third column."""
+    with open(os.path.join(result_dir, 'training_length.json')) as f:
+        study = json.load(f)
+    return {(st['step'], v['method']): st['runs'][0] for v in study['variants'] if v['space'] == 'full space'
+            for st in v['stages']}
+
+
+def table(result, study=None) -> str:
+    """Markdown: per stage and sampler, noise share and classifier FD of ours beside the reference's (and of our
+    training before issue 35, seed 0, where `study` has the stage); the flow's 64-sample adaptive ODE: noise only."""
+    sides = [*SIDES, 'before']
+    head = ['step', 'sampler'] + [f'noise share, {s}' for s in sides] + [f'classifier FD, {s}' for s in sides]
+    lines = ['| ' + ' | '.join(head) + ' |', '|' + ' --- |' * len(head)]
     by = {side: {r['step']: r for r in result['sides'][side]['stages']} for side in SIDES}
+    study = study or {}
     for s in result['stages_planned']:
-        for m in METHODS:
-            cells = []
-            for key, digits in (('noise_share', 2), ('classifier_fd', 2)):
-                cells += [cell(by[side][s]['methods'][m], key, digits) if s in by[side] else '-' for side in SIDES]
-            lines.append(f'| {s} | {m} | ' + ' | '.join(cells) + ' |')
+        for m in [*METHODS, 'adaptive ode, 64 (flow)']:
+            cells = {key: [] for key in ('noise_share', 'classifier_fd')}
+            for side in SIDES:
+                row = by[side].get(s)
+                if m.endswith('(flow)'):
+                    flow = row and row['flow']
+                    share = flow and flow['trajectories']['full space, adaptive ode']['noise_share']
+                    cells['noise_share'].append('-' if not flow else f'{share:.2f}')
+                    cells['classifier_fd'].append('-')
+                    continue
+                for key, digits in (('noise_share', 2), ('classifier_fd', 2)):
+                    cells[key].append(cell(row['methods'][m], key, digits) if row and m in row['methods'] else '-')
+            old = study.get((s, m))
+            for key in cells:
+                cells[key].append(f'{old[key]:.2f}' if old else '-')
+            if all(c == '-' for c in cells['noise_share'][:2]):
+                continue
+            lines.append(f'| {s} | {m} | ' + ' | '.join(cells['noise_share'] + cells['classifier_fd']) + ' |')
     return '\n'.join(lines)
 
 
@@ -201,21 +247,28 @@ def _figures(w, args, result):
     for side, curve in result['training'].items():
         axes[0].plot(curve['step'], curve['loss'], color=colours[side], lw=0.8, label=side)
     axes[0].set(yscale='log', xlabel='training step', ylabel='training loss (0.5 x sum, mean of 100 steps)')
+    theirs = {r['step']: r['flow']['ema_dsm_loss_by_sigma'] for r in result['sides']['reference']['stages']
+              if r['flow']}
+    for row in result['sides']['ours']['stages']:
+        if row['step'] in theirs and row['flow']:
+            ours, ref = row['flow']['ema_dsm_loss_by_sigma'], theirs[row['step']]
+            axes[1].plot(ours['sigma'], np.divide(ours['loss'], ref['loss']), marker='o', label=f'step {row["step"]}')
+    axes[1].axhline(1.0, color='k', lw=0.5)
     for side in SIDES:
         stages = result['sides'][side]['stages']
-        for i, row in enumerate(stages):
-            by_sigma = row['flow']['ema_dsm_loss_by_sigma']
-            axes[1].plot(by_sigma['sigma'], by_sigma['loss'], color=colours[side], alpha=0.4 + 0.6 * (i + 1) / len(stages),
-                         marker='.', label=f'{side}, step {row["step"]}')
-        for m, ls in zip(METHODS, ('-', '--', ':')):
-            xs = [r['step'] for r in stages]
+        xs = [r['step'] for r in stages]
+        for m, ls in (('pc', '-'), ('dpm_solver++ 20', '--')):
             ys = [np.mean([x['noise_share'] for x in r['methods'][m]['runs']]) for r in stages]
             axes[2].plot(xs, ys, color=colours[side], ls=ls, marker='o', label=f'{side}, {m}')
-        if stages:
+        flows = [(r['step'], r['flow']) for r in stages if r['flow']]
+        ys = [f['trajectories']['full space, adaptive ode']['noise_share'] for _, f in flows]
+        axes[2].plot([x for x, _ in flows], ys, color=colours[side], ls=':', marker='o',
+                     label=f'{side}, adaptive ode (64)')
+        if stages and stages[-1]['flow']:
             restarts = stages[-1]['flow']['restarts']
             axes[3].plot([r['sigma'] for r in restarts], [r['noise_share'] for r in restarts], color=colours[side],
                          marker='o', label=f'{side}, step {stages[-1]["step"]}')
-    axes[1].set(xscale='log', yscale='log', xlabel='sigma', ylabel='EMA DSM loss on test images (0.5 x sum)',
+    axes[1].set(xscale='log', xlabel='sigma', ylabel='EMA DSM loss on the test images, ours / reference',
                 title='where in noise level the networks differ')
     axes[2].set(xscale='log', xlabel='training step', ylabel='noise share of the samples', ylim=(-0.03, 1.03))
     axes[3].set(xscale='log', xlabel='restart noise level sigma_s', ylabel='noise share after the full-space ODE',
@@ -223,11 +276,12 @@ def _figures(w, args, result):
     for ax in axes:
         ax.legend(fontsize=6)
     fig.tight_layout()
-    fig.savefig(os.path.join(ROOT, 'docs', 'reference_control.png'), dpi=110)
-    last = {side: result['sides'][side]['stages'][-1]['step'] for side in SIDES if result['sides'][side]['stages']}
-    sample_panels([w(side, 'eval', _folder('full space', m, args.seeds[0]), f'step_{last[side]}')
-                   for m in METHODS for side in last], count=36, ncol=6, gap=8, scale=2,
-                  path=os.path.join(ROOT, 'docs', 'reference_control_samples.png'))
+    fig.savefig(os.path.join(ROOT, 'docs', f'{args.name}.png'), dpi=110)
+    last = {side: result['sides'][side]['stages'][-1] for side in SIDES if result['sides'][side]['stages']}
+    sample_panels([w(side, 'eval', _folder('full space', m, args.seeds[0]), f'step_{row["step"]}')
+                   for m in METHODS for side, row in last.items() if m in row['methods']], count=36, ncol=6, gap=8,
+                  scale=2,
+                  path=os.path.join(ROOT, 'docs', f'{args.name}_samples.png'))
 
 
 if __name__ == '__main__':

@@ -1,6 +1,7 @@
 """The reference's own samplers on its own weights (issue 35, item 3): no code of ours between network and samples.
 
-    /work/torchvenv/bin/python benchmarks/reference_sampling.py --archive runs/reference_fashion/archive/checkpoint_10000.pth
+    /work/torchvenv/bin/python benchmarks/reference_sampling.py \
+        --archive runs/reference_fashion/archive/checkpoint_10000.pth
 
 The archive's EMA weights in the reference's NCSN++ (`models.ema` copy_to), then its `sampling.get_sampling_fn`:
 PC (reverse-diffusion predictor, Langevin corrector, snr 0.16, one corrector step, noise removal) with the

@@ -133,7 +133,8 @@ def main():
         for r in range(args.reps):
             for key, (fn, _) in calls.items():
                 times[key].append(_time(fn))
-            print(f'  repetition {r + 1}/{args.reps}: ' + ', '.join(f'{k} {times[k][-1]:.3f} s' for k in calls), flush=True)
+            done = ', '.join(f'{k} {times[k][-1]:.3f} s' for k in calls)
+            print(f'  repetition {r + 1}/{args.reps}: {done}', flush=True)
         case = {key: {**_summary(times[key], per), 'first_call_s': first[key], 'steps_per_call': per}
                 for key, (_, per) in calls.items()}
         best_ours = min(case[k]['median_s'] for k in case if k.startswith('ours train'))
