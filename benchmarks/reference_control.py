@@ -33,7 +33,8 @@ from configs import fashion_mnist  # noqa: E402
 from results import RESULTS, save_result  # noqa: E402
 from steps import Steps, log_seconds, over_seeds, read_metrics, sample_panels  # noqa: E402
 from tensorboard_events import scalars  # noqa: E402
-from training_length import CONFIG, METRICS, _folder, cell, noise_share  # noqa: E402
+from training_length import METRICS, _folder, _seeds_at, cell, noise_share  # noqa: E402
+from training_length import _flags as _study_flags, _trained as _archived  # noqa: E402
 
 SIDES = ('ours', 'reference')
 METHODS = {'pc': {}, 'dpm_solver++ 20': {'sampling.method': 'dpm_solver++', 'sampling.nfe_budget': 20.0},
@@ -43,17 +44,8 @@ EVAL_S = {'pc': 400, 'dpm_solver++ 20': 120, 'adaptive ode': 300}
 SHIPPED = os.path.join(ROOT, 'pretrained', 'fashion_mnist')
 
 
-def _archived(workdir, step) -> bool:
-    return os.path.isdir(os.path.join(workdir, 'checkpoints', 'archive', str(step)))
-
-
 def _flags(workdir, data_dir, **extra):
-    flags = [f'--config={CONFIG}', f'--workdir={workdir}', f'--config.data.data_dir={data_dir}']
-    return flags + [f'--config.{k}={v}' for k, v in {**FULL_SPACE, **extra}.items()]
-
-
-def _seeds_at(stage, args):
-    return args.seeds if stage == args.stages[-1] else args.seeds[:1]
+    return _study_flags(workdir, data_dir, **FULL_SPACE, **extra)
 
 
 def _methods_at(stage, args) -> dict:
