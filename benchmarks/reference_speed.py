@@ -13,7 +13,6 @@ apart. Writes benchmarks/results/reference_speed.json (every timing, medians, qu
 Run it on a quiet machine: nothing else heavy.
 """
 import argparse
-import json
 import os
 import sys
 import time
@@ -24,40 +23,45 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
 import reference_training as rt  # noqa: E402
-from results import RESULTS  # noqa: E402
+from results import save_tagged  # noqa: E402
 
 
-def _ours(config_module, batch, n_jit):
-    """(train step per call (), forward per call ()) of our network, compiled; returns (callables, first-call s)."""
-    import jax
-    from subspace_diffusion.jobs import train
-    from subspace_diffusion.run import parallel, train_state
-    from subspace_diffusion.run.experiment import Experiment
-    from subspace_diffusion.run.settings import Settings
-    config = config_module.get_config()
-    config.training.batch_size, config.subspace.train_level = batch, 0
-    settings = Settings.from_config(config)
-    exp = Experiment.build(settings, (0,))
-    tx = train_state.make_optimizer(settings.optim, exp.networks.param_keys)
-    mesh = parallel.make_mesh()
-    holder = {'state': jax.jit(lambda k: train_state.init_state(exp.networks, tx, k),
-                               out_shardings=parallel.replicated(mesh))(jax.random.PRNGKey(0))}
-    step = train.make_train_step(exp.loss, tx, mesh, train_state.learning_rate(settings.optim),
-                                 settings.training.ema_rate, 0)
-    rng = np.random.default_rng(0)
-    batch_x = parallel.global_batch(rng.random((n_jit, batch) + settings.data.shape, np.float32), mesh, 1)
-    x = jax.numpy.asarray(rng.random((batch,) + settings.data.shape, np.float32))
-    t = jax.numpy.asarray(rng.uniform(1e-5, 1., batch).astype(np.float32))
-    score = jax.jit(lambda p, x, t: exp.networks.score(p, 0)(x, t))
+class Ours:
+    """Our compiled training step and score of a config's full-space network, on fixed random data.
 
-    def train_call():
-        holder['state'], m = step(holder['state'], batch_x)
-        jax.block_until_ready(m)
+    train() runs one call (n_jit optimiser steps), forward() one score evaluation of the EMA parameters; both block
+    until the result is ready. `step`, `state` and `batch` are exposed for profiling (benchmarks/profile_train.py).
+    """
 
-    def forward_call():
-        jax.block_until_ready(score(holder['state'].ema_params, x, t))
+    def __init__(self, config_module, batch: int, n_jit: int):
+        import jax
+        from subspace_diffusion.jobs import train
+        from subspace_diffusion.run import parallel, train_state
+        from subspace_diffusion.run.experiment import Experiment
+        from subspace_diffusion.run.settings import Settings
+        config = config_module.get_config()
+        config.training.batch_size, config.subspace.train_level = batch, 0
+        settings = Settings.from_config(config)
+        exp = Experiment.build(settings, (0,))
+        tx = train_state.make_optimizer(settings.optim, exp.networks.param_keys)
+        mesh = parallel.make_mesh()
+        self.state = jax.jit(lambda k: train_state.init_state(exp.networks, tx, k),
+                             out_shardings=parallel.replicated(mesh))(jax.random.PRNGKey(0))
+        self.step = train.make_train_step(exp.loss, tx, mesh, train_state.learning_rate(settings.optim),
+                                          settings.training.ema_rate, 0)
+        rng = np.random.default_rng(0)
+        self.batch = parallel.global_batch(rng.random((n_jit, batch) + settings.data.shape, np.float32), mesh, 1)
+        self._x = jax.numpy.asarray(rng.random((batch,) + settings.data.shape, np.float32))
+        self._t = jax.numpy.asarray(rng.uniform(1e-5, 1., batch).astype(np.float32))
+        self._score = jax.jit(lambda p, x, t: exp.networks.score(p, 0)(x, t))
+        self._block = jax.block_until_ready
 
-    return train_call, forward_call
+    def train(self):
+        self.state, m = self.step(self.state, self.batch)
+        self._block(m)
+
+    def forward(self):
+        self._block(self._score(self.state.ema_params, self._x, self._t))
 
 
 def _reference(checkout, make_config, batch, channels, size):
@@ -122,9 +126,8 @@ def main():
         calls = {}
         first = {}
         for k in sorted({1, n_jit}):
-            calls[f'ours train, {k} step(s) per call'] = (_ours(ours_module, batch, k)[0], k)
-        _, ours_forward = _ours(ours_module, batch, 1)
-        calls['ours forward'] = (ours_forward, 1)
+            calls[f'ours train, {k} step(s) per call'] = (Ours(ours_module, batch, k).train, k)
+        calls['ours forward'] = (Ours(ours_module, batch, 1).forward, 1)
         ref_train, ref_forward = _reference(args.reference, make_config, batch, channels, size)
         calls['reference train'], calls['reference forward'] = (ref_train, 1), (ref_forward, 1)
         for key, (fn, _) in calls.items():
@@ -144,13 +147,7 @@ def main():
                           case['reference forward']['median_s']}
         print(f'  {name}: ' + ', '.join(f'{k} {v:.2f}' for k, v in case['ratios'].items()), flush=True)
         out['cases'][name] = case
-    path = os.path.join(RESULTS, 'reference_speed.json')
-    saved = json.load(open(path)) if os.path.exists(path) else {}
-    saved[args.tag] = out
-    with open(path + '.tmp', 'w') as f:
-        json.dump(saved, f, indent=2)
-    os.replace(path + '.tmp', path)
-    print('wrote', path, flush=True)
+    save_tagged('reference_speed', args.tag, out)
 
 
 if __name__ == '__main__':

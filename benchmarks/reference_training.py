@@ -36,12 +36,26 @@ BATCH, PADDING = 64, 2
 
 
 def reference_modules(checkout):
-    """Import the reference's modules from its checkout; its CUDA ops are skipped (CPU resampling instead)."""
-    sys.path.insert(0, checkout)
-    with mock.patch('torch.utils.cpp_extension.load', lambda *a, **k: None):
-        importlib.import_module('models.ncsnpp')  # registers 'ncsnpp' for create_model
-    names = ('losses', 'sde_lib', 'models.utils', 'models.ema', 'configs.ve.cifar10_ncsnpp_continuous')
-    return [importlib.import_module(n) for n in names]
+    """Import the reference's modules from its checkout; its CUDA ops are skipped (CPU resampling instead).
+
+    Both projects have a top-level `configs` package: ours (a regular package) would win the import, so it is set
+    aside while the reference's modules load, and the reference's is filed under other names afterwards; either
+    project's configs can be imported before or after this call.
+    """
+    ours = {k: sys.modules.pop(k) for k in list(sys.modules) if k == 'configs' or k.startswith('configs.')}
+    path = list(sys.path)
+    sys.path[:] = [checkout] + [p for p in path if not os.path.isfile(os.path.join(p or '.', 'configs', '__init__.py'))]
+    try:
+        with mock.patch('torch.utils.cpp_extension.load', lambda *a, **k: None):
+            importlib.import_module('models.ncsnpp')  # registers 'ncsnpp' for create_model
+        names = ('losses', 'sde_lib', 'models.utils', 'models.ema', 'configs.ve.cifar10_ncsnpp_continuous')
+        modules = [importlib.import_module(n) for n in names]
+    finally:
+        for k in [k for k in sys.modules if k == 'configs' or k.startswith('configs.')]:
+            sys.modules['reference_' + k] = sys.modules.pop(k)
+        sys.modules.update(ours)
+        sys.path[:] = path + [checkout]  # the reference's lazy imports still resolve; ours come first
+    return modules
 
 
 def reference_config(config_module, image_size=32, channels=1):

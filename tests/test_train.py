@@ -276,3 +276,18 @@ def test_sampling_jobs_read_the_ema_parameters_alone(tmp_path):
     _assert_same(adam, adamw, rtol=0, atol=0)
     with pytest.raises(CheckpointError, match='cannot be read'):
         train.train(dataclasses.replace(other, training=dataclasses.replace(other.training, n_iters=4)), tmp_path)
+
+
+def test_training_starts_from_weights_imported_at_step_0(tmp_path):
+    # Initial weights written as a step-0 checkpoint (how benchmarks/reference_control's bisection trains ours from
+    # the reference's initialisation): training restores them instead of drawing its own from the seed.
+    from subspace_diffusion.jobs.import_checkpoint import _write
+    settings = tiny_settings(training__n_iters=2)
+    exp = Experiment.build(settings, (0,))
+    given = jax.tree.map(lambda p: p + 0.5, exp.networks.init_params(jax.random.PRNGKey(7))['level_0'])
+    _write(settings, tmp_path, 0, (given, given), {'file': 'initial weights', 'step': 0, 'weights': 'ema'})
+    state = train.train(settings, tmp_path)
+    assert int(state.step) == 2
+    _assert_same(state.params['level_0'], given, rtol=0, atol=0.05)  # two warm-up steps move little
+    fresh = train.train(settings, tmp_path / 'fresh')
+    assert max(np.abs(a - b).max() for a, b in zip(_leaves(fresh.params['level_0']), _leaves(given))) > 0.4

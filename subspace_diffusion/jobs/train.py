@@ -134,7 +134,8 @@ def train(settings: Settings, workdir):
 
 def _train(settings, exp, mesh, ckpts, workdir, main_process):
     tr = settings.training
-    start = ckpts.latest_step() or 0
+    latest = ckpts.latest_step()
+    start = latest or 0
     ds = data.get_dataset(settings.data, 'train', tr.batch_size, shard=data.Shard(
         jax.process_index(), jax.process_count(), settings.seed, start))
     n_jit = tr.n_jitted_steps
@@ -144,7 +145,7 @@ def _train(settings, exp, mesh, ckpts, workdir, main_process):
     networks = exp.networks
     tx = make_optimizer(settings.optim, networks.param_keys)
     meta = checkpoint_meta(networks)
-    if start:
+    if latest is not None:  # a step-0 checkpoint too: imported initial weights train from there
         state, _ = ckpts.restore(abstract_state(networks, tx, mesh), meta)
         logging.info('resuming from the checkpoint at step %d', start)
     else:
