@@ -42,6 +42,14 @@ METHODS = {'pc': {}, 'dpm_solver++ 20': {'sampling.method': 'dpm_solver++', 'sam
 FULL_SPACE = {'subspace.levels': 0, 'subspace.cutoffs': '()'}
 EVAL_S = {'pc': 400, 'dpm_solver++ 20': 120, 'adaptive ode': 300}
 SHIPPED = os.path.join(ROOT, 'pretrained', 'fashion_mnist')
+# The bisection's 2,500-step networks (runs/<name>/full, scored into runs/<name>/eval as the control's): what of the
+# reference run each takes, the rest being ours (our step, our batches, times and noise at config.seed).
+BISECTION = {
+    'cross': 'the reference run\'s initial weights, batches, t and z through our step (benchmarks/reference_cross.py)',
+    'initA': 'the reference\'s initial weights, then our training (benchmarks/reference_init.py --init reference)',
+    'wswap': 'our initial weights with the reference\'s Fourier W, then our training '
+             '(benchmarks/reference_init.py --init ours_with_reference_w)',
+}
 
 
 def _flags(workdir, data_dir, **extra):
@@ -172,11 +180,27 @@ def _report(w, args):
             rows.append({'step': s, 'methods': methods, 'flow': flow})
         result['sides'][side] = {'stages': rows, 'wall_s': sum(log_seconds(p) for p in glob.glob(w('logs', '*.log')))}
     result['reference_own_samplers'] = _own_samplers(w)
+    result['bisection'] = _bisection()
     if not any(result['sides'][side]['stages'] for side in SIDES):
         sys.exit('no stage is scored yet: run the control first')
     save_result(args.name, result)
     _figures(w, args, result)
     print(table(result, _study(RESULTS)))
+
+
+def _bisection() -> dict:
+    """{variant: what it takes from the reference, and its 2,500-step scores by sampler} of the runs that exist."""
+    out = {}
+    for name, what in BISECTION.items():
+        scores = {}
+        for m in ('pc', 'dpm_solver++ 20'):
+            folder = os.path.join(ROOT, 'runs', name, 'eval', _folder('full space', m, 0), 'step_2500')
+            if os.path.exists(os.path.join(folder, 'metrics.json')):
+                metrics = {**read_metrics(os.path.join(folder, 'metrics.json')), 'noise_share': noise_share(folder)}
+                scores[m] = {k: metrics[k] for k in METRICS}
+        if scores:
+            out[name] = {'takes from the reference': what, 'step': 2500, 'seed': 0, 'scores': scores}
+    return out
 
 
 def _own_samplers(w) -> list:
@@ -256,10 +280,10 @@ def _figures(w, args, result):
         ys = [f['trajectories']['full space, adaptive ode']['noise_share'] for _, f in flows]
         axes[2].plot([x for x, _ in flows], ys, color=colours[side], ls=':', marker='o',
                      label=f'{side}, adaptive ode (64)')
-        if stages and stages[-1]['flow']:
-            restarts = stages[-1]['flow']['restarts']
-            axes[3].plot([r['sigma'] for r in restarts], [r['noise_share'] for r in restarts], color=colours[side],
-                         marker='o', label=f'{side}, step {stages[-1]["step"]}')
+        if flows:  # the latest stage with a flow diagnosis
+            step, flow = flows[-1]
+            axes[3].plot([r['sigma'] for r in flow['restarts']], [r['noise_share'] for r in flow['restarts']],
+                         color=colours[side], marker='o', label=f'{side}, step {step}')
     axes[1].set(xscale='log', xlabel='sigma', ylabel='EMA DSM loss on the test images, ours / reference',
                 title='where in noise level the networks differ')
     axes[2].set(xscale='log', xlabel='training step', ylabel='noise share of the samples', ylim=(-0.03, 1.03))
@@ -269,7 +293,9 @@ def _figures(w, args, result):
         ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(os.path.join(ROOT, 'docs', f'{args.name}.png'), dpi=110)
-    last = {side: result['sides'][side]['stages'][-1] for side in SIDES if result['sides'][side]['stages']}
+    # The latest stage both sides reached, so the panels compare the same training length.
+    common = set.intersection(*({r['step'] for r in result['sides'][side]['stages']} for side in SIDES))
+    last = {side: next(r for r in result['sides'][side]['stages'] if r['step'] == max(common)) for side in SIDES}
     sample_panels([w(side, 'eval', _folder('full space', m, args.seeds[0]), f'step_{row["step"]}')
                    for m in METHODS for side, row in last.items() if m in row['methods']], count=36, ncol=6, gap=8,
                   scale=2,
