@@ -6,7 +6,7 @@
 The full-space network of configs/fashion_mnist.py at batch 64, one optimiser step per call. Ours: a jax.profiler
 trace of the compiled step; XLA:CPU records one event per executed op (thunk), which the compiled HLO names with
 the JAX operation it came from (its op_name metadata: module path, forward or transposed for the backward pass).
-The reference: torch.profiler over its own train step, leaf operators' self time, the backward pass told apart by
+The reference: torch.profiler over its own train step, every operator's self time, the backward pass told apart by
 autograd's parent events, the clip and the EMA update recorded as their own ranges. Both are sorted into the same
 classes (convolution forward / backward, GroupNorm, attention and other matmuls, resampling, elementwise, loss,
 optimiser / clip / EMA / norms, layout copies). Op times on several threads can overlap, so each side's classes
@@ -39,10 +39,11 @@ CLASSES = ('convolution forward', 'convolution backward', 'GroupNorm forward', '
            'elementwise backward', 'loss', 'optimiser, clip, EMA and norms', 'layout copies', 'other')
 
 
-def ours_class(op_name: str, instruction: str, batch: int = 64) -> str:
+def ours_class(op_name: str, instruction: str, attention: set, batch: int = 64) -> str:
     """The class of one executed XLA op from its HLO op_name metadata (and its instruction text when it has none).
 
-    Outside the network, ops on batch-shaped arrays are the loss; the rest are the optimiser, clip, EMA and norms.
+    attention: the module names (all_modules_<i>) of the attention blocks. Outside the network, ops on
+    batch-shaped arrays are the loss; the rest are the optimiser, clip, EMA and norms.
     """
     if 'NCSNpp' not in op_name:
         if not op_name:
@@ -54,19 +55,12 @@ def ours_class(op_name: str, instruction: str, batch: int = 64) -> str:
         return f'convolution {direction}'
     if '/GroupNorm_' in op_name:
         return f'GroupNorm {direction}'
-    if 'dot_general' in primitive or _is_attention(op_name):
+    module = re.search(r'all_modules_\d+(?=/)', op_name)
+    if 'dot_general' in primitive or (module and module.group(0) in attention):
         return f'attention and matmuls {direction}'
     if 'reduce-window' in instruction or primitive.startswith(('reduce_window', 'repeat')):
         return 'resampling'
     return f'elementwise {direction}'
-
-
-_ATTENTION = set()  # module names (all_modules_<i>) of attention blocks, filled from the parameter tree
-
-
-def _is_attention(op_name: str) -> bool:
-    m = re.search(r'all_modules_\d+(?=/)', op_name)
-    return bool(m) and m.group(0) in _ATTENTION
 
 
 def profile_ours(steps: int) -> dict:
@@ -75,7 +69,7 @@ def profile_ours(steps: int) -> dict:
     from configs import fashion_mnist
     ours = Ours(fashion_mnist, 64, 1)
     params = ours.state.params['level_0']
-    _ATTENTION.update(k for k, v in params.items() if isinstance(v, dict) and 'NIN_3' in v)
+    attention = {k for k, v in params.items() if isinstance(v, dict) and 'NIN_3' in v}  # NIN_3: attention's output
     hlo = ours.step.lower(ours.state, ours.batch).compile().as_text()
     entry = hlo[hlo.index('ENTRY'):]
     bodies = {m.group(1): m.group(2) for m in re.finditer(r'\n%([\w.\-]+) \([^\n]*\{\n(.*?)\n\}', hlo, re.S)}
@@ -90,7 +84,7 @@ def profile_ours(steps: int) -> dict:
                 # XLA writes the kernel gradient as a convolution over the batch, with no op_name metadata
                 names[m.group(1)] = 'convolution backward'
             else:
-                names[m.group(1)] = ours_class(on.group(1) if on else '', line)
+                names[m.group(1)] = ours_class(on.group(1) if on else '', line, attention)
     for _ in range(3):
         ours.train()
     trace_dir = tempfile.mkdtemp(prefix='profile_ours_')
@@ -138,7 +132,7 @@ def _reference_class(name: str, scope: str, backward: bool) -> str:
 
 
 def profile_reference(checkout: str, steps: int) -> dict:
-    """{class: ms per optimiser step} of the reference's own train step (torch.profiler, leaf ops' self time)."""
+    """{class: ms per optimiser step} of the reference's own train step (torch.profiler, operators' self time)."""
     import torch
     from torch.profiler import ProfilerActivity, profile, record_function
     _, state, step_fn = rt.build(checkout, 0)

@@ -166,10 +166,7 @@ def _report(w, args):
             for m in _methods_at(s, args):
                 runs = []
                 for seed in _seeds_at(s, args):
-                    folder = w(side, 'eval', _folder('full space', m, seed), f'step_{s}')
-                    metrics = read_metrics(os.path.join(folder, 'metrics.json'))
-                    metrics['noise_share'] = noise_share(folder)
-                    runs.append({'seed': seed, **{k: metrics[k] for k in METRICS}})
+                    runs.append({'seed': seed, **_scores(w(side, 'eval', _folder('full space', m, seed), f'step_{s}'))})
                 methods[m] = {'runs': runs}
                 if len(runs) > 1:
                     methods[m].update(over_seeds(f'{side}, {m} at {s}', runs, METRICS))
@@ -188,6 +185,12 @@ def _report(w, args):
     print(table(result, _study(RESULTS)))
 
 
+def _scores(folder) -> dict:
+    """{metric: value} of one evaluation folder: its metrics.json and the noise share of its samples."""
+    metrics = {**read_metrics(os.path.join(folder, 'metrics.json')), 'noise_share': noise_share(folder)}
+    return {k: metrics[k] for k in METRICS}
+
+
 def _bisection() -> dict:
     """{variant: what it takes from the reference, and its 2,500-step scores by sampler} of the runs that exist."""
     out = {}
@@ -196,8 +199,7 @@ def _bisection() -> dict:
         for m in ('pc', 'dpm_solver++ 20'):
             folder = os.path.join(ROOT, 'runs', name, 'eval', _folder('full space', m, 0), 'step_2500')
             if os.path.exists(os.path.join(folder, 'metrics.json')):
-                metrics = {**read_metrics(os.path.join(folder, 'metrics.json')), 'noise_share': noise_share(folder)}
-                scores[m] = {k: metrics[k] for k in METRICS}
+                scores[m] = _scores(folder)
         if scores:
             out[name] = {'takes from the reference': what, 'step': 2500, 'seed': 0, 'scores': scores}
     return out

@@ -23,6 +23,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import reference_training as rt  # noqa: E402
+from reference_init import as_ours, full_space  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -63,24 +64,16 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     _, ref, ref_step = rt.build(args.reference, args.seed)
     import jax
-    from configs import fashion_mnist
     from subspace_diffusion.jobs import train
     from subspace_diffusion.jobs.import_checkpoint import _write
-    from subspace_diffusion.models import convert
-    from subspace_diffusion.run import parallel, published, train_state
-    from subspace_diffusion.run.experiment import Experiment
-    from subspace_diffusion.run.settings import Settings
-    config = fashion_mnist.get_config()
-    config.subspace.levels, config.subspace.cutoffs = 0, ()
-    settings = Settings.from_config(config)
-    exp = Experiment.build(settings, (0,))
+    from subspace_diffusion.run import parallel, train_state
+    settings, exp, layout = full_space()
     tx = train_state.make_optimizer(settings.optim, exp.networks.param_keys)
-    layout = published.network_layout(exp.networks, 0)
 
     def to_ours(state_dict):
-        return {'level_0': published.to_params(convert.strip_prefix(state_dict), layout)}
+        return {'level_0': as_ours(state_dict, layout)}
 
-    params = to_ours({k: v.detach().numpy().copy() for k, v in ref['model'].state_dict().items()})
+    params = to_ours(ref['model'].state_dict())
     state = train_state.TrainState(step=np.int32(0), params=params, ema_params=params, opt_state=tx.init(params))
     saved, log_path = os.path.join(args.out, 'state.npz'), os.path.join(args.out, 'log.jsonl')
     start = 0
@@ -117,8 +110,8 @@ def main():
         record['loss'] = float(metrics['loss'][0])
         done = s + 1
         if done <= args.compare and done in COMPARED_AT + (args.compare,):
-            theirs = {k: v.detach().numpy() for k, v in ref['model'].state_dict().items()}
-            ema = {**theirs, **{k: v.numpy() for k, v in zip(names, ref['ema'].shadow_params)}}
+            theirs = ref['model'].state_dict()
+            ema = {**theirs, **dict(zip(names, ref['ema'].shadow_params))}
             got = jax.device_get(state)
             record.update(params_distance=distance(got.params, to_ours(theirs)),
                           ema_distance=distance(got.ema_params, to_ours(ema)))

@@ -25,6 +25,28 @@ sys.path.insert(0, ROOT)
 INITS = ('reference', 'ours', 'ours_with_reference_w')
 
 
+def full_space():
+    """(settings, experiment, the importer's layout of its network) of configs/fashion_mnist.py's full-space
+    network, as the control trains it."""
+    from configs import fashion_mnist
+    from subspace_diffusion.run import published
+    from subspace_diffusion.run.experiment import Experiment
+    from subspace_diffusion.run.settings import Settings
+    config = fashion_mnist.get_config()
+    config.subspace.levels, config.subspace.cutoffs = 0, ()
+    settings = Settings.from_config(config)
+    exp = Experiment.build(settings, (0,))
+    return settings, exp, published.network_layout(exp.networks, 0)
+
+
+def as_ours(state_dict, layout) -> dict:
+    """A reference state_dict ({key: tensor}) as our level-0 parameter tree, by the importer's layout."""
+    from subspace_diffusion.models import convert
+    from subspace_diffusion.run import published
+    arrays = {k: v.detach().numpy().copy() for k, v in state_dict.items()}
+    return published.to_params(convert.strip_prefix(arrays), layout)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--workdir', required=True)
@@ -34,24 +56,14 @@ def main():
     args = parser.parse_args()
     _, ref, _ = rt.build(args.reference, args.seed)
     import jax
-    from configs import fashion_mnist
     from subspace_diffusion.jobs.import_checkpoint import _write
-    from subspace_diffusion.models import convert
-    from subspace_diffusion.run import published
-    from subspace_diffusion.run.experiment import Experiment
-    from subspace_diffusion.run.settings import Settings
-    config = fashion_mnist.get_config()
-    config.subspace.levels, config.subspace.cutoffs = 0, ()
-    settings = Settings.from_config(config)
-    exp = Experiment.build(settings, (0,))
-    theirs = published.to_params(convert.strip_prefix(
-        {k: v.detach().numpy().copy() for k, v in ref['model'].state_dict().items()}),
-        published.network_layout(exp.networks, 0))
+    from subspace_diffusion.run.train_state import init_key
+    settings, exp, layout = full_space()
+    theirs = as_ours(ref['model'].state_dict(), layout)
     if args.init == 'reference':
         params = theirs
     else:
-        init_key = jax.random.fold_in(jax.random.PRNGKey(settings.seed), 0)  # as jobs/train.py draws it
-        params = jax.tree.map(np.asarray, exp.networks.init_params(init_key)['level_0'])
+        params = jax.tree.map(np.asarray, exp.networks.init_params(init_key(settings.seed))['level_0'])
         if args.init == 'ours_with_reference_w':
             params['all_modules_0']['W'] = theirs['all_modules_0']['W']
     print('Fourier W:', np.round(params['all_modules_0']['W'], 2))

@@ -23,8 +23,7 @@ def _run(loss_fn, tx, init, settings, batches, unrolled):
     mesh = parallel.make_mesh()
     step = train.make_train_step(loss_fn, tx, mesh, train_state.learning_rate(settings.optim),
                                  settings.training.ema_rate, settings.seed, unrolled=unrolled)
-    state = jax.jit(init, out_shardings=parallel.replicated(mesh))(
-        jax.random.fold_in(jax.random.PRNGKey(settings.seed), 0))
+    state = jax.jit(init, out_shardings=parallel.replicated(mesh))(train_state.init_key(settings.seed))
     metrics = []
     for b in batches:
         state, m = step(state, parallel.global_batch(b, mesh, leading_axes=1))

@@ -29,6 +29,7 @@ from subspace_diffusion.run.train_state import (
     abstract_state,
     checkpoint_meta,
     ema_decay,
+    init_key,
     init_state,
     learning_rate,
     make_optimizer,
@@ -149,8 +150,8 @@ def _train(settings, exp, mesh, ckpts, workdir, main_process):
         state, _ = ckpts.restore(abstract_state(networks, tx, mesh), meta)
         logging.info('resuming from the checkpoint at step %d', start)
     else:
-        init_key = jax.random.fold_in(jax.random.PRNGKey(settings.seed), 0)
-        state = jax.jit(lambda k: init_state(networks, tx, k), out_shardings=parallel.replicated(mesh))(init_key)
+        state = jax.jit(lambda k: init_state(networks, tx, k), out_shardings=parallel.replicated(mesh))(
+            init_key(settings.seed))
     n_params = {k: sum(x.size for x in jax.tree.leaves(v)) for k, v in state.params.items()}
     logging.info('training levels %s of the %s (%s), global batch %d on %d device(s) / %d process(es)',
                  list(exp.levels), exp.describe(),

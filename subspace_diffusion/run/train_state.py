@@ -62,6 +62,11 @@ def make_optimizer(optim: Optim, param_keys) -> optax.GradientTransformation:
                                  lambda params: {k: jax.tree.map(lambda _: k, v) for k, v in params.items()})
 
 
+def init_key(seed: int) -> jax.Array:
+    """The PRNG key a training run of `seed` draws its initial parameters from (its steps use other streams)."""
+    return jax.random.fold_in(jax.random.PRNGKey(seed), 0)
+
+
 def init_state(networks: Networks, tx, key) -> TrainState:
     """Fresh state: step 0, new parameters, EMA equal to them."""
     params = networks.init_params(key)
