@@ -10,15 +10,45 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from subspace_diffusion.models import conv as conv2d
+
 
 def default_init(scale=1.0):
     """Fan-average uniform variance scaling; scale 0 maps to 1e-10 so zero-init layers stay trainable."""
     return nn.initializers.variance_scaling(1e-10 if scale == 0 else scale, "fan_avg", "uniform")
 
 
+class GroupNorm(nn.Module):
+    """GroupNorm of (B,...,C) with flax's parameters (scale, bias) and statistics (float32, E[x^2] - E[x]^2).
+
+    The group statistics are sums of per-channel sums: on XLA:CPU the channel-minor reduction over the pixels and
+    one fused multiply-add per element make the forward 4x faster than flax's reduction over (pixels, channels in
+    group) followed by subtract, divide, scale and shift (benchmarks/profile_train.py).
+    """
+    num_groups: int
+    epsilon: float = 1e-6
+
+    @nn.compact
+    def __call__(self, x):
+        """(B,...,C) -> (B,...,C) in x's dtype."""
+        b, c = x.shape[0], x.shape[-1]
+        per_group = c // self.num_groups
+        scale = self.param("scale", nn.initializers.ones, (c,))
+        bias = self.param("bias", nn.initializers.zeros, (c,))
+        xf = x.astype(jnp.float32).reshape(b, -1, c)
+        count = xf.shape[1] * per_group
+        mean = xf.sum(1).reshape(b, self.num_groups, per_group).sum(-1) / count
+        mean2 = jnp.square(xf).sum(1).reshape(b, self.num_groups, per_group).sum(-1) / count
+        inv = jax.lax.rsqrt(jnp.maximum(0.0, mean2 - jnp.square(mean)) + self.epsilon)
+        mul = jnp.repeat(inv, per_group, axis=1) * scale
+        add = bias - jnp.repeat(mean, per_group, axis=1) * mul
+        shape = (b,) + (1,) * (x.ndim - 2) + (c,)
+        return (x.astype(jnp.float32) * mul.reshape(shape) + add.reshape(shape)).astype(x.dtype)
+
+
 def group_norm(x, name=None):
     """GroupNorm of (B,H,W,C) with min(C // 4, 32) groups, as in score-SDE (statistics in float32)."""
-    return nn.GroupNorm(num_groups=min(x.shape[-1] // 4, 32), epsilon=1e-6, dtype=x.dtype, name=name)(x)
+    return GroupNorm(num_groups=min(x.shape[-1] // 4, 32), name=name)(x)
 
 
 def dense(x, features, init_scale=1.0, name=None):
@@ -29,7 +59,8 @@ def dense(x, features, init_scale=1.0, name=None):
 def conv(x, out_ch, size=3, stride=1, init_scale=1.0, padding="SAME", name=None):
     """(B,H,W,C) -> (B,H',W',out_ch) convolution with score-SDE init and zero bias, in x's dtype."""
     return nn.Conv(out_ch, (size, size), strides=(stride, stride), padding=padding,
-                   kernel_init=default_init(init_scale), dtype=x.dtype, name=name)(x)
+                   kernel_init=default_init(init_scale), dtype=x.dtype, name=name,
+                   conv_general_dilated=conv2d.conv_general_dilated)(x)
 
 
 # ----------------------------------------------------------------------------- FIR resampling
@@ -111,7 +142,7 @@ class FIRConv(nn.Module):
             x = upfirdn2d(x, k, pad=((p + 1) // 2, p // 2))
             x = jax.lax.conv_general_dilated(x, w, (2, 2), "VALID", dimension_numbers=dn)
         else:
-            x = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=dn)
+            x = conv2d.conv_general_dilated(x, w, (1, 1), "SAME")
         return x + b
 
 

@@ -1,0 +1,99 @@
+"""The fashion network's 3x3 convolutions op by op: XLA:CPU (YNNPACK, Eigen, our pieces) against torch's oneDNN.
+
+    /work/torchvenv/bin/python benchmarks/conv_kernel_grad.py [--threads 2] [--reps 15]
+
+For each convolution shape of configs/fashion_mnist.py's network at batch 64: the forward, the data gradient and
+the kernel gradient, each jitted alone: XLA as it compiles them by default (YNNPACK takes the ones it accepts), XLA
+with YNNPACK off (Eigen: compiler option xla_cpu_experimental_ynn_fusion_type=''), the kernel gradient of
+subspace_diffusion/models/conv.py (pieces Eigen runs), and torch's convolution and convolution_backward (oneDNN) at
+--threads threads. Medians in ms; writes benchmarks/results/conv_kernel_grad.json. Run it on a quiet machine.
+"""
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
+from results import save_result  # noqa: E402
+
+# (batch, size, in channels, out channels) of the network's 3x3 convolutions with the most time (profile_train.py)
+SHAPES = [(64, 32, 32, 32), (64, 32, 16, 16), (64, 32, 48, 16), (64, 16, 32, 32), (64, 16, 64, 32), (64, 8, 32, 32)]
+NO_YNN = {'xla_cpu_experimental_ynn_fusion_type': ''}
+
+
+def _median_ms(fn, reps):
+    fn()
+    fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return 1e3 * float(np.median(times))
+
+
+def ours(batch, size, ci, co, reps):
+    """{case: ms} for XLA's convolution, data gradient and kernel gradient, default and without YNNPACK."""
+    import jax
+    from subspace_diffusion.models import conv
+    rng = np.random.default_rng(0)
+    x = jax.numpy.asarray(rng.standard_normal((batch, size, size, ci), np.float32))
+    w = jax.numpy.asarray(rng.standard_normal((3, 3, ci, co), np.float32))
+    dy = jax.numpy.asarray(rng.standard_normal((batch, size, size, co), np.float32))
+    pads = ((1, 1), (1, 1))
+    plain = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), pads, dimension_numbers=conv.DIMENSIONS)  # noqa
+    fns = {'forward': (plain, (x, w)),
+           'data gradient': (lambda x, w, dy: jax.vjp(lambda x: plain(x, w), x)[1](dy)[0], (x, w, dy)),
+           'kernel gradient': (lambda x, w, dy: jax.vjp(lambda w: plain(x, w), w)[1](dy)[0], (x, w, dy))}
+    out = {}
+    for name, (fn, args) in fns.items():
+        for backend, options in (('XLA default', {}), ('XLA Eigen (no YNNPACK)', NO_YNN)):
+            compiled = jax.jit(fn).lower(*args).compile(compiler_options=options)
+            out[f'{name}, {backend}'] = _median_ms(lambda: jax.block_until_ready(compiled(*args)), reps)
+    pieces = jax.jit(lambda x, w, dy: jax.vjp(lambda w: conv.conv2d(x, w, pads), w)[1](dy)[0])
+    out['kernel gradient, models/conv.py pieces'] = _median_ms(lambda: jax.block_until_ready(pieces(x, w, dy)), reps)
+    return out
+
+
+def reference(batch, size, ci, co, reps):
+    """{case: ms} for torch's convolution and its convolution_backward (data, kernel) in channels-first."""
+    import torch
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.standard_normal((batch, ci, size, size), np.float32))
+    w = torch.from_numpy(rng.standard_normal((co, ci, 3, 3), np.float32))
+    dy = torch.from_numpy(rng.standard_normal((batch, co, size, size), np.float32))
+
+    def backward(mask):
+        return lambda: torch.ops.aten.convolution_backward(dy, x, w, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1,
+                                                           mask)
+
+    with torch.no_grad():
+        return {'forward, torch': _median_ms(lambda: torch.nn.functional.conv2d(x, w, padding=1), reps),
+                'data gradient, torch': _median_ms(backward([True, False, False]), reps),
+                'kernel gradient, torch': _median_ms(backward([False, True, False]), reps)}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--threads', type=int, default=2)
+    parser.add_argument('--reps', type=int, default=15)
+    args = parser.parse_args()
+    import jax
+    import torch
+    torch.set_num_threads(args.threads)
+    result = {'command': 'python benchmarks/conv_kernel_grad.py ' + ' '.join(sys.argv[1:]), 'jax': jax.__version__,
+              'torch': torch.__version__, 'torch_threads': args.threads, 'cores': os.cpu_count(), 'ms': {}}
+    for shape in SHAPES:
+        key = 'batch {}, {}x{} px, {} -> {} channels'.format(shape[0], shape[1], shape[1], *shape[2:])
+        row = {**ours(*shape, args.reps), **reference(*shape, args.reps)}
+        result['ms'][key] = row
+        print(key + ': ' + ', '.join(f'{k} {v:.2f}' for k, v in row.items()), flush=True)
+    save_result('conv_kernel_grad', result)
+
+
+if __name__ == '__main__':
+    main()
