@@ -11,7 +11,6 @@ subspace_diffusion/models/conv.py (pieces Eigen runs), and torch's convolution a
 import argparse
 import os
 import sys
-import time
 
 import numpy as np
 
@@ -19,6 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
 from results import save_result  # noqa: E402
+from timing import median_time  # noqa: E402
 
 # (batch, size, in channels, out channels) of the network's 3x3 convolutions with the most time (profile_train.py)
 SHAPES = [(64, 32, 32, 32), (64, 32, 16, 16), (64, 32, 48, 16), (64, 16, 32, 32), (64, 16, 64, 32), (64, 8, 32, 32)]
@@ -26,14 +26,7 @@ NO_YNN = {'xla_cpu_experimental_ynn_fusion_type': ''}
 
 
 def _median_ms(fn, reps):
-    fn()
-    fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * float(np.median(times))
+    return 1e3 * median_time(fn, reps=reps)
 
 
 def ours(batch, size, ci, co, reps):
@@ -53,9 +46,9 @@ def ours(batch, size, ci, co, reps):
     for name, (fn, args) in fns.items():
         for backend, options in (('XLA default', {}), ('XLA Eigen (no YNNPACK)', NO_YNN)):
             compiled = jax.jit(fn).lower(*args).compile(compiler_options=options)
-            out[f'{name}, {backend}'] = _median_ms(lambda: jax.block_until_ready(compiled(*args)), reps)
+            out[f'{name}, {backend}'] = _median_ms(lambda: compiled(*args), reps)
     pieces = jax.jit(lambda x, w, dy: jax.vjp(lambda w: conv.conv2d(x, w, pads), w)[1](dy)[0])
-    out['kernel gradient, models/conv.py pieces'] = _median_ms(lambda: jax.block_until_ready(pieces(x, w, dy)), reps)
+    out['kernel gradient, models/conv.py pieces'] = _median_ms(lambda: pieces(x, w, dy), reps)
     return out
 
 
