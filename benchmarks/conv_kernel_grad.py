@@ -1,12 +1,12 @@
-"""The fashion network's 3x3 convolutions op by op: XLA:CPU (YNNPACK, Eigen, our pieces) against torch's oneDNN.
+"""The fashion network's 3x3 convolutions op by op: XLA:CPU's YNNPACK and Eigen against torch's oneDNN.
 
     /work/torchvenv/bin/python benchmarks/conv_kernel_grad.py [--threads 2] [--reps 15]
 
 For each convolution shape of configs/fashion_mnist.py's network at batch 64: the forward, the data gradient and
-the kernel gradient, each jitted alone: XLA as it compiles them by default (YNNPACK takes the ones it accepts), XLA
-with YNNPACK off (Eigen: compiler option xla_cpu_experimental_ynn_fusion_type=''), the kernel gradient of
-subspace_diffusion/models/conv.py (pieces Eigen runs), and torch's convolution and convolution_backward (oneDNN) at
---threads threads. Medians in ms; writes benchmarks/results/conv_kernel_grad.json. Run it on a quiet machine.
+the kernel gradient, each jitted alone: by jax.jit as XLA compiles them by default (YNNPACK takes the ones it
+accepts), by subspace_diffusion/compiler.jit (YNNPACK left dots and reductions: the convolutions run in Eigen), and
+torch's convolution and convolution_backward (oneDNN) at --threads threads. Medians in ms; writes
+benchmarks/results/conv_kernel_grad.json. Run it on a quiet machine.
 """
 import argparse
 import os
@@ -22,7 +22,6 @@ from timing import median_time  # noqa: E402
 
 # (batch, size, in channels, out channels) of the network's 3x3 convolutions with the most time (profile_train.py)
 SHAPES = [(64, 32, 32, 32), (64, 32, 16, 16), (64, 32, 48, 16), (64, 16, 32, 32), (64, 16, 64, 32), (64, 8, 32, 32)]
-NO_YNN = {'xla_cpu_experimental_ynn_fusion_type': ''}
 
 
 def _median_ms(fn, reps):
@@ -30,25 +29,23 @@ def _median_ms(fn, reps):
 
 
 def ours(batch, size, ci, co, reps):
-    """{case: ms} for XLA's convolution, data gradient and kernel gradient, default and without YNNPACK."""
+    """{case: ms} for XLA's convolution, data gradient and kernel gradient, by jax.jit and by compiler.jit."""
     import jax
-    from subspace_diffusion.models import conv
+    from subspace_diffusion import compiler
     rng = np.random.default_rng(0)
     x = jax.numpy.asarray(rng.standard_normal((batch, size, size, ci), np.float32))
     w = jax.numpy.asarray(rng.standard_normal((3, 3, ci, co), np.float32))
     dy = jax.numpy.asarray(rng.standard_normal((batch, size, size, co), np.float32))
-    pads = ((1, 1), (1, 1))
-    plain = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), pads, dimension_numbers=conv.DIMENSIONS)  # noqa
+    pads, dims = ((1, 1), (1, 1)), ('NHWC', 'HWIO', 'NHWC')
+    plain = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), pads, dimension_numbers=dims)  # noqa
     fns = {'forward': (plain, (x, w)),
            'data gradient': (lambda x, w, dy: jax.vjp(lambda x: plain(x, w), x)[1](dy)[0], (x, w, dy)),
            'kernel gradient': (lambda x, w, dy: jax.vjp(lambda w: plain(x, w), w)[1](dy)[0], (x, w, dy))}
     out = {}
     for name, (fn, args) in fns.items():
-        for backend, options in (('XLA default', {}), ('XLA Eigen (no YNNPACK)', NO_YNN)):
-            compiled = jax.jit(fn).lower(*args).compile(compiler_options=options)
+        for backend, jit in (('XLA default (YNNPACK)', jax.jit), ('compiler.jit (Eigen)', compiler.jit)):
+            compiled = jit(fn).lower(*args).compile()
             out[f'{name}, {backend}'] = _median_ms(lambda: compiled(*args), reps)
-    pieces = jax.jit(lambda x, w, dy: jax.vjp(lambda w: conv.conv2d(x, w, pads), w)[1](dy)[0])
-    out['kernel gradient, models/conv.py pieces'] = _median_ms(lambda: pieces(x, w, dy), reps)
     return out
 
 

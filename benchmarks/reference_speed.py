@@ -35,6 +35,7 @@ class Ours:
 
     def __init__(self, config_module, batch: int, n_jit: int):
         import jax
+        from subspace_diffusion import compiler
         from subspace_diffusion.jobs import train
         from subspace_diffusion.run import parallel, train_state
         from subspace_diffusion.run.experiment import Experiment
@@ -45,7 +46,7 @@ class Ours:
         exp = Experiment.build(settings, (0,))
         tx = train_state.make_optimizer(settings.optim, exp.networks.param_keys)
         mesh = parallel.make_mesh()
-        self.state = jax.jit(lambda k: train_state.init_state(exp.networks, tx, k),
+        self.state = compiler.jit(lambda k: train_state.init_state(exp.networks, tx, k),
                              out_shardings=parallel.replicated(mesh))(jax.random.PRNGKey(0))
         self.step = train.make_train_step(exp.loss, tx, mesh, train_state.learning_rate(settings.optim),
                                           settings.training.ema_rate, 0)
@@ -53,7 +54,7 @@ class Ours:
         self.batch = parallel.global_batch(rng.random((n_jit, batch) + settings.data.shape, np.float32), mesh, 1)
         self._x = jax.numpy.asarray(rng.random((batch,) + settings.data.shape, np.float32))
         self._t = jax.numpy.asarray(rng.uniform(1e-5, 1., batch).astype(np.float32))
-        self._score = jax.jit(lambda p, x, t: exp.networks.score(p, 0)(x, t))
+        self._score = compiler.jit(lambda p, x, t: exp.networks.score(p, 0)(x, t))
         self._block = jax.block_until_ready
 
     def train(self):

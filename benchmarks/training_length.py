@@ -79,7 +79,6 @@ def main():
     args = parser.parse_args()
     w = lambda *p: os.path.join(args.workdir, *p)  # noqa: E731
     os.makedirs(w('logs'), exist_ok=True)
-    cutoffs = fashion_mnist.get_config().subspace.cutoffs
     plan, previous = {}, 0
     for s in args.stages:
         plan.update({f'train {name} to {s}': (s - previous) / rate for name, rate in STEPS_PER_S.items()})
@@ -92,21 +91,9 @@ def main():
     if args.report:
         _report(w, args, steps)
         return
-    level_dirs = '(' + ','.join(f'"{w(d)}"' for d in NETWORKS) + ',)'
     for s in args.stages:
-        for name, level in NETWORKS.items():
-            steps.run(f'train {name} to {s}', _trained(w(name), s), '--mode=train',
-                      *_flags(w(name), args.data_dir, **{'training.n_iters': s, 'subspace.train_level': level}))
-        for space, levels in SPACES.items():
-            for method, extra in METHODS.items():
-                for seed in _seeds_at(s, args):
-                    folder = _folder(space, method, seed)
-                    flags = {'seed': seed, 'eval.folder': folder, 'eval.begin_ckpt': s, 'eval.end_ckpt': s,
-                             'eval.level_workdirs': level_dirs, 'eval.use_subspace': bool(levels),
-                             'subspace.levels': levels, 'subspace.cutoffs': tuple(cutoffs[:levels]), **extra}
-                    steps.run(f'eval {space}, {method} at {s}, seed {seed}',
-                              os.path.exists(w('eval', folder, f'step_{s}', 'metrics.json')), '--mode=eval',
-                              *_flags(w('eval'), args.data_dir, **flags))
+        train(steps, w, args.data_dir, s)
+        evaluate(steps, w, args.data_dir, s, _seeds_at(s, args))
         steps.run(f'flow at {s}', os.path.exists(w('flow', f'step_{s}.json')), f'--step={s}',
                   f'--workdir={args.workdir}', f'--data_dir={args.data_dir}', script='benchmarks/flow_failure.py')
     steps.run('cutoffs', os.path.exists(w('full', 'cutoffs.json')), '--mode=cutoffs',
@@ -114,10 +101,48 @@ def main():
     _report(w, args, steps)
 
 
+def train(steps, w, data_dir, s, networks=tuple(NETWORKS), label='', **extra):
+    """Train each of `networks` (NETWORKS' names) in w(name) to step s, archived there; `extra` config flags."""
+    for name in networks:
+        steps.run(f'train {label}{name} to {s}', _trained(w(name), s), '--mode=train',
+                  *_flags(w(name), data_dir, **{'training.n_iters': s, 'subspace.train_level': NETWORKS[name],
+                                                **extra}))
+
+
+def evaluate(steps, w, data_dir, s, seeds, spaces=SPACES, label='', **extra):
+    """Score every space of `spaces` x METHODS x seeds at step s in w('eval'), from the networks in w(name)."""
+    cutoffs = fashion_mnist.get_config().subspace.cutoffs
+    used = [name for name, level in NETWORKS.items() if level <= max(spaces.values())]
+    level_dirs = '(' + ','.join(f'"{w(name)}"' for name in used) + ',)'
+    for space, levels in spaces.items():
+        for method, method_flags in METHODS.items():
+            for seed in seeds:
+                folder = _folder(space, method, seed)
+                flags = {'seed': seed, 'eval.folder': folder, 'eval.begin_ckpt': s, 'eval.end_ckpt': s,
+                         'eval.level_workdirs': level_dirs, 'eval.use_subspace': bool(levels),
+                         'subspace.levels': levels, 'subspace.cutoffs': tuple(cutoffs[:levels]), **method_flags,
+                         **extra}
+                steps.run(f'eval {label}{space}, {method} at {s}, seed {seed}', evaluated(w, space, method, seed, s),
+                          '--mode=eval', *_flags(w('eval'), data_dir, **flags))
+
+
+def evaluated(w, space, method, seed, s) -> bool:
+    """Whether w('eval') holds the scores of one variant at one seed and step."""
+    return os.path.exists(w('eval', _folder(space, method, seed), f'step_{s}', 'metrics.json'))
+
+
+def scores(w, space, method, seed, s) -> dict:
+    """METRICS of one evaluation in w('eval') (noise share computed from its samples), with its seed."""
+    folder = w('eval', _folder(space, method, seed), f'step_{s}')
+    m = read_metrics(os.path.join(folder, 'metrics.json'))
+    m['noise_share'] = noise_share(folder)
+    assert all(src['step'] == s for src in m['checkpoints'].values()), (folder, m['checkpoints'])
+    return {'seed': seed, **{k: m[k] for k in METRICS}}
+
+
 def _finished(w, args, s) -> bool:
     return os.path.exists(w('flow', f'step_{s}.json')) and all(
-        os.path.exists(w('eval', _folder(space, method, seed), f'step_{s}', 'metrics.json'))
-        for space in SPACES for method in METHODS for seed in _seeds_at(s, args))
+        evaluated(w, space, method, seed, s) for space in SPACES for method in METHODS for seed in _seeds_at(s, args))
 
 
 def _report(w, args, steps):
@@ -178,13 +203,7 @@ def _gather(w, args, steps, stages) -> dict:
         for method in METHODS:
             rows = []
             for s in stages:
-                runs = []
-                for seed in _seeds_at(s, args):
-                    folder = w('eval', _folder(space, method, seed), f'step_{s}')
-                    m = read_metrics(os.path.join(folder, 'metrics.json'))
-                    m['noise_share'] = noise_share(folder)
-                    assert all(src['step'] == s for src in m['checkpoints'].values()), (folder, m['checkpoints'])
-                    runs.append({'seed': seed, **{k: m[k] for k in METRICS}})
+                runs = [scores(w, space, method, seed, s) for seed in _seeds_at(s, args)]
                 entry = {'step': s, 'runs': runs}
                 if len(runs) > 1:
                     entry.update(over_seeds(f'{space}, {method} at {s}', runs, METRICS))

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from subspace_diffusion import api_inputs as check
+from subspace_diffusion import compiler
 from subspace_diffusion.core.likelihood import require_finished
 from subspace_diffusion.core.sampling import Sampler, least_nfe, make_sampler
 from subspace_diffusion.evaluation.bpd import BPD_STREAM, bpd_function
@@ -171,7 +172,7 @@ class Model:
         name, value = ('nfe', nfe) if nfe is not None else ('steps', steps) if steps is not None else \
             ('sampling.num_steps', cfg.pc.num_steps) if cfg.method == 'pc' else \
             ('sampling.nfe_budget', cfg.ode.nfe_budget)
-        call = jax.jit(self.experiment.networks.score(self.params, self.experiment.sampled_level))
+        call = compiler.jit(self.experiment.networks.score(self.params, self.experiment.sampled_level))
         x = jnp.zeros((n,) + level_shapes(self.settings)[self.experiment.sampled_level], jnp.float32)
         t = jnp.full((n,), 0.5 * self.settings.sde.T, jnp.float32)
         jax.block_until_ready(call(x, t))  # compiled

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from tiny import tiny_settings
 
+from subspace_diffusion import compiler
 from subspace_diffusion.jobs import train
 from subspace_diffusion.run import data, parallel, train_state
 from subspace_diffusion.run.experiment import Experiment
@@ -23,7 +24,7 @@ def _run(loss_fn, tx, init, settings, batches, unrolled):
     mesh = parallel.make_mesh()
     step = train.make_train_step(loss_fn, tx, mesh, train_state.learning_rate(settings.optim),
                                  settings.training.ema_rate, settings.seed, unrolled=unrolled)
-    state = jax.jit(init, out_shardings=parallel.replicated(mesh))(train_state.init_key(settings.seed))
+    state = compiler.jit(init, out_shardings=parallel.replicated(mesh))(train_state.init_key(settings.seed))
     metrics = []
     for b in batches:
         state, m = step(state, parallel.global_batch(b, mesh, leading_axes=1))

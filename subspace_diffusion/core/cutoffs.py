@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from subspace_diffusion import compiler
 from subspace_diffusion.core.sde import SDE, bcast
 from subspace_diffusion.core.subspaces import Subspace
 
@@ -19,7 +20,7 @@ def fisher_divergence_curve(key, sde: SDE, subspace: Subspace, k: int, full_scor
     def project(x):
         return x - chain.up(chain.down(x, k), k)
 
-    @jax.jit
+    @compiler.jit
     def batch_terms(key, x0):
         def one_t(key, t):
             vt = jnp.full((x0.shape[0],), t)

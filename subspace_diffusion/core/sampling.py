@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from subspace_diffusion import compiler
 from subspace_diffusion.core import conditional, guidance
 from subspace_diffusion.core.diffusion import Diffusion
 from subspace_diffusion.core.likelihood import Tolerance, ode_sample, require_finished
@@ -211,7 +212,7 @@ def make_sampler(diffusion: Diffusion, cfg: SamplerConfig, build_scores: Callabl
             x, stats = sample(key, batch_size, process, scores, cfg)
             return show(x), stats
 
-        compiled = jax.jit(draw, static_argnums=2)
+        compiled = compiler.jit(draw, static_argnums=2)
         return Sampler(lambda params, key, batch_size, labels=None: reported(
             compiled(params, key, batch_size, labelled(batch_size, labels))), report)
 
@@ -224,6 +225,6 @@ def make_sampler(diffusion: Diffusion, cfg: SamplerConfig, build_scores: Callabl
         x, stats = sample(key, data.shape[0], process, scores, cfg, conditional.replacement(data, project, process))
         return conditional.keep_known(x, data, project), stats
 
-    compiled = jax.jit(fill_in)
+    compiled = compiler.jit(fill_in)
     return Sampler(lambda params, key, data, aux, labels=None: reported(
         compiled(params, key, data, aux, labelled(data.shape[0], labels))), report)

@@ -10,6 +10,7 @@ import jax
 import numpy as np
 from absl import logging
 
+from subspace_diffusion import compiler
 from subspace_diffusion.core import likelihood
 from subspace_diffusion.core.diffusion import Diffusion
 from subspace_diffusion.run import data, parallel
@@ -26,7 +27,7 @@ def bpd_function(settings: Settings, diffusion: Diffusion, build_scores):
     ev = settings.eval
     scaler = data.get_scaler(settings.data.centered)
 
-    @jax.jit
+    @compiler.jit
     def batch_bpd(params, key, x01):
         kd, kl = jax.random.split(key)
         x = scaler(likelihood.dequantize(x01, jax.random.uniform(kd, x01.shape, x01.dtype)))

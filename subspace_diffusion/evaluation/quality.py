@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from subspace_diffusion import compiler
 from subspace_diffusion.formats import pth
 from subspace_diffusion.formats.files import (
     FileProblem,
@@ -102,8 +103,8 @@ class ClassifierFeatures:
                 atomic_npz(path, test_accuracy=self.test_accuracy, **self.params)
             logging.info('trained the %s classifier of %s (test accuracy %.4f), cached at %s', self.spec.kind,
                          d.dataset, self.test_accuracy, path)
-        self._fn = jax.jit(lambda x: classifier.features(self.spec, self.params, x))
-        self._head = jax.jit(lambda f: classifier.head(self.spec, self.params, f))
+        self._fn = compiler.jit(lambda x: classifier.features(self.spec, self.params, x))
+        self._head = compiler.jit(lambda f: classifier.head(self.spec, self.params, f))
 
     def _check_accuracy(self, d, then: str):
         """Refuse a classifier that has not learned the classes: distances in its features would mean nothing."""

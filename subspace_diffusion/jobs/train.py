@@ -18,6 +18,7 @@ import numpy as np
 import optax
 from absl import logging
 
+from subspace_diffusion import compiler
 from subspace_diffusion.core.sampling import make_sampler
 from subspace_diffusion.formats.images import save_image_grid
 from subspace_diffusion.run import data, parallel, records, statistics
@@ -77,7 +78,7 @@ def make_train_step(loss_fn, tx, mesh, schedule, ema_rate: float, seed: int, unr
         return state, jax.tree.map(lambda *m: jnp.stack(m), *metrics)
 
     repl = parallel.replicated(mesh)
-    return jax.jit(train_step, in_shardings=(repl, parallel.batch_sharding(mesh, 1)),
+    return compiler.jit(train_step, in_shardings=(repl, parallel.batch_sharding(mesh, 1)),
                    out_shardings=(repl, repl), donate_argnums=0)
 
 
@@ -150,7 +151,7 @@ def _train(settings, exp, mesh, ckpts, workdir, main_process):
         state, _ = ckpts.restore(abstract_state(networks, tx, mesh), meta)
         logging.info('resuming from the checkpoint at step %d', start)
     else:
-        state = jax.jit(lambda k: init_state(networks, tx, k), out_shardings=parallel.replicated(mesh))(
+        state = compiler.jit(lambda k: init_state(networks, tx, k), out_shardings=parallel.replicated(mesh))(
             init_key(settings.seed))
     n_params = {k: sum(x.size for x in jax.tree.leaves(v)) for k, v in state.params.items()}
     logging.info('training levels %s of the %s (%s), global batch %d on %d device(s) / %d process(es)',

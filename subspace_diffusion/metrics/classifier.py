@@ -25,6 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from subspace_diffusion import compiler
+
 PIXEL_FD_MAX_DIM = 4096  # covariance d x d: 64x64x1 or 32x32x3 still fit in memory and sqrtm time
 PROGRESS_EVERY = 500  # classifier training steps between progress reports
 FIRST_REPORT = 50  # the first report comes early: its rate gives the training's ETA within seconds
@@ -131,7 +133,7 @@ def train(spec: ClassifierSpec, images, labels, seed: int = 0, on_step=None) -> 
     def loss(p, xb, yb):
         return optax.softmax_cross_entropy_with_integer_labels(logits(spec, p, xb), yb).mean()
 
-    @jax.jit
+    @compiler.jit
     def step(p, opt, xb, yb):
         updates, opt = tx.update(jax.grad(loss)(p, xb, yb), opt, p)
         return optax.apply_updates(p, updates), opt
@@ -156,7 +158,7 @@ def train(spec: ClassifierSpec, images, labels, seed: int = 0, on_step=None) -> 
 
 def accuracy(spec: ClassifierSpec, params: dict, images, labels, batch: int = 1000) -> float:
     """Share of (N, H, W, C) [0,1] images classified as their label."""
-    fn = jax.jit(lambda x: jnp.argmax(logits(spec, params, x), axis=1))
+    fn = compiler.jit(lambda x: jnp.argmax(logits(spec, params, x), axis=1))
     hits = sum(int(np.sum(np.asarray(fn(jnp.asarray(images[i:i + batch], jnp.float32))) == labels[i:i + batch]))
                for i in range(0, len(images), batch))
     return hits / len(images)

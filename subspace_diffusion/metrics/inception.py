@@ -10,6 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import flax.linen as nn
 
+from subspace_diffusion import compiler
+
 FID_WEIGHTS_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
                                       "pt_inception-2015-12-05-6726825d.pth")
 
@@ -203,7 +205,7 @@ def inception_fn(variables: dict):
 
     # The weights are an argument, not closed over: closed over, their 95 MB would be compiled in as
     # constants, into every program and every persistent-cache entry.
-    @jax.jit
+    @compiler.jit
     def fn(variables, images):
         x = images.astype(jnp.float32) / 255.0 if images.dtype == jnp.uint8 else images.astype(jnp.float32)
         if x.shape[-1] == 1:

@@ -10,8 +10,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from subspace_diffusion.models import conv as conv_ops
-
 
 def default_init(scale=1.0):
     """Fan-average uniform variance scaling; scale 0 maps to 1e-10 so zero-init layers stay trainable."""
@@ -59,8 +57,7 @@ def dense(x, features, init_scale=1.0, name=None):
 def conv(x, out_ch, size=3, stride=1, init_scale=1.0, padding="SAME", name=None):
     """(B,H,W,C) -> (B,H',W',out_ch) convolution with score-SDE init and zero bias, in x's dtype."""
     return nn.Conv(out_ch, (size, size), strides=(stride, stride), padding=padding,
-                   kernel_init=default_init(init_scale), dtype=x.dtype, name=name,
-                   conv_general_dilated=conv_ops.conv_general_dilated)(x)
+                   kernel_init=default_init(init_scale), dtype=x.dtype, name=name)(x)
 
 
 # ----------------------------------------------------------------------------- FIR resampling
@@ -142,7 +139,7 @@ class FIRConv(nn.Module):
             x = upfirdn2d(x, k, pad=((p + 1) // 2, p // 2))
             x = jax.lax.conv_general_dilated(x, w, (2, 2), "VALID", dimension_numbers=dn)
         else:
-            x = conv_ops.conv_general_dilated(x, w, (1, 1), "SAME")
+            x = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=dn)
         return x + b
 
 

@@ -1,8 +1,8 @@
 """Data parallelism: one device mesh, batch sharding over it, and multi-host start-up.
 
-Every compiled program is an ordinary `jax.jit` whose inputs carry `NamedSharding`s: the batch axis
-is split over the mesh axis 'data', parameters are replicated, and XLA inserts the gradient
-all-reduce. On several hosts each process feeds only its own rows of the global batch.
+Every compiled program is a `compiler.jit` (jax.jit with our XLA:CPU options) whose inputs carry
+`NamedSharding`s: the batch axis is split over the mesh axis 'data', parameters are replicated, and XLA inserts
+the gradient all-reduce. On several hosts each process feeds only its own rows of the global batch.
 """
 import os
 import socket

@@ -1,0 +1,260 @@
+"""Is the 2x gap robust? The study's networks trained three times, and full space at lower learning rates.
+
+    python benchmarks/training_runs.py --data_dir /usr/share/datasets/fashion-mnist   # about 10 h on 2 CPU cores
+
+One resumable command (rerun it to continue; every finished step is skipped), in the order that decides the
+headline first:
+1. the learning rate of full space: its network of configs/fashion_mnist.py at lr 2e-4 and 5e-4 (training seed
+   42, the study's; --long_warmup LR adds LR with 5,000 warm-up steps), trained to --step and scored as
+   training_length.py scores a stage (PC 100 and DPM-Solver++ at 20 NFE, sampling seeds --seeds: classifier FD
+   and KID, pixel FD, noise share of 256 samples), with benchmarks/flow_failure.py's restarts by noise level.
+   lr 1e-3 (the study's) is training seed 42's run of step 2;
+2. training runs: the full-space, 16 px and 8 px networks at training seeds 42 (the study's), 1 and 2 (each
+   draws its own Fourier features), to --step, scored in full space, the 1-level and the 2-level chain, with the
+   same restarts for full space.
+A network trained elsewhere with the same flags is the same run (the data order and every key follow the step):
+copy benchmarks/reference_control.py's runs/control/ours/full into <workdir>/seed_42/full and it is reused.
+Results: benchmarks/results/training_runs.json (every value per run, sampling seed and variant), the table of
+docs/results.md and docs/training_runs.png (--report writes them from what is finished).
+"""
+import argparse
+import glob
+import json
+import os
+import shutil
+import sys
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, 'tests'))
+from configs import fashion_mnist  # noqa: E402
+from results import save_result  # noqa: E402
+from steps import Steps, log_seconds  # noqa: E402
+from training_length import (EVAL_S, FLOW_S, METHODS, METRICS, SPACES, STEPS_PER_S, evaluate,  # noqa: E402
+                             evaluated, scores, train)
+
+TRAINING_SEEDS = (42, 1, 2)  # 42: configs/fashion_mnist.py's seed, the training-length study's run
+LEARNING_RATES = (2e-4, 5e-4)  # the study's is 1e-3; the reference's default 2e-4
+LONG_WARMUP = 5000
+FULL = {'full space': 0}
+
+
+def _variants(args) -> dict:
+    """{folder: (label, config flags)} of the full-space learning-rate runs, in the order they train."""
+    out = {f'lr_{lr:g}': (f'lr {lr:g}', {'optim.lr': lr}) for lr in LEARNING_RATES}
+    if args.long_warmup:
+        lr = args.long_warmup
+        out[f'lr_{lr:g}_warmup_{LONG_WARMUP}'] = (f'lr {lr:g}, warm-up {LONG_WARMUP}',
+                                                  {'optim.lr': lr, 'optim.warmup': LONG_WARMUP})
+    return out
+
+
+def _share_classifier(root, eval_dir):
+    """Start `eval_dir` with the metric classifier another run's evaluation trained (the same training images and
+    settings, the same file): every run is scored in one classifier's features, trained once."""
+    os.makedirs(eval_dir, exist_ok=True)
+    for path in glob.glob(os.path.join(root(), '*', 'eval', 'proxy_classifier_*.npz')):
+        target = os.path.join(eval_dir, os.path.basename(path))
+        if not os.path.exists(target):
+            shutil.copy(path, target)
+
+
+def _flow(steps, w, data_dir, s, label):
+    steps.run(f'flow {label}at {s}', os.path.exists(w('flow', f'step_{s}.json')), f'--step={s}', f'--workdir={w()}',
+              f'--data_dir={data_dir}', '--full_space_only', script='benchmarks/flow_failure.py')
+
+
+def _plan(args) -> dict:
+    """Planned seconds of every step, for the ETA."""
+    plan = {}
+    for folder, (label, _) in _variants(args).items():
+        plan[f'train {label}: full to {args.step}'] = args.step / STEPS_PER_S['full']
+        plan.update({f'eval {label}: full space, {m} at {args.step}, seed {seed}': EVAL_S[m]
+                     for m in METHODS for seed in args.seeds})
+        plan[f'flow {label}: at {args.step}'] = FLOW_S
+    for t in TRAINING_SEEDS:
+        label = f'training seed {t}: '
+        plan.update({f'train {label}{name} to {args.step}': args.step / rate for name, rate in STEPS_PER_S.items()})
+        plan.update({f'eval {label}{space}, {m} at {args.step}, seed {seed}': EVAL_S[m]
+                     for space in SPACES for m in METHODS for seed in args.seeds})
+        plan[f'flow {label}at {args.step}'] = FLOW_S
+    return plan
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--workdir', default=os.path.join(ROOT, 'runs', 'training_runs'))
+    parser.add_argument('--data_dir', default=fashion_mnist.get_config().data.data_dir,
+                        help='the folder of the Fashion-MNIST IDX files')
+    parser.add_argument('--step', type=int, default=10000, help='train every network to this step and score it')
+    parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2], help='sampling seeds of every score')
+    parser.add_argument('--long_warmup', type=float, default=None,
+                        help=f'also train full space at this learning rate with {LONG_WARMUP} warm-up steps')
+    parser.add_argument('--report', action='store_true', help='run nothing: write the JSON and figure of what is done')
+    args = parser.parse_args()
+    root = lambda *p: os.path.join(args.workdir, *p)  # noqa: E731
+    os.makedirs(root('logs'), exist_ok=True)
+    steps = Steps(_plan(args), logs=root('logs'))
+    if args.report:
+        _report(root, args, steps)
+        return
+    s = args.step
+    for folder, (label, flags) in _variants(args).items():
+        w = lambda *p, folder=folder: root(folder, *p)  # noqa: E731
+        train(steps, w, args.data_dir, s, ('full',), f'{label}: ', **flags)
+        _share_classifier(root, w('eval'))
+        evaluate(steps, w, args.data_dir, s, args.seeds, FULL, f'{label}: ', **flags)
+        _flow(steps, w, args.data_dir, s, f'{label}: ')
+    for t in TRAINING_SEEDS:
+        w = lambda *p, t=t: root(f'seed_{t}', *p)  # noqa: E731
+        label = f'training seed {t}: '
+        train(steps, w, args.data_dir, s, label=label, seed=t)
+        _share_classifier(root, w('eval'))
+        evaluate(steps, w, args.data_dir, s, args.seeds, label=label)
+        _flow(steps, w, args.data_dir, s, label)
+    _report(root, args, steps)
+
+
+def _scored(w, spaces, args) -> bool:
+    return all(evaluated(w, space, m, seed, args.step) for space in spaces for m in METHODS for seed in args.seeds)
+
+
+def _flow_summary(w, s):
+    """Restarts by noise level, the adaptive ODE's noise share and the EMA DSM loss of a finished flow diagnosis
+    (None if not run yet)."""
+    path = w('flow', f'step_{s}.json')
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        flow = json.load(f)
+    return {'restarts': [{k: r[k] for k in ('sigma', 'noise_share')} for r in flow['restarts']],
+            'ode_noise_share': flow['trajectories']['full space, adaptive ode']['noise_share'],
+            'ema_dsm_loss': flow['ema_dsm_loss']['0'], 'samples': flow['samples']}
+
+
+def _variant_scores(w, spaces, args) -> dict:
+    """{'space, method': {'runs': [per sampling seed], 'mean', 'std'}} of one trained set of networks."""
+    out = {}
+    for space in spaces:
+        for m in METHODS:
+            runs = [scores(w, space, m, seed, args.step) for seed in args.seeds]
+            out[f'{space}, {m}'] = {'runs': runs, **_mean_std(runs)}
+    return out
+
+
+def _mean_std(rows) -> dict:
+    return {'mean': {k: float(np.mean([r[k] for r in rows])) for k in METRICS},
+            'std': {k: float(np.std([r[k] for r in rows], ddof=1)) if len(rows) > 1 else 0.0 for k in METRICS}}
+
+
+def _report(root, args, steps):
+    """Write benchmarks/results/training_runs.json and docs/training_runs.png from every finished run."""
+    s = args.step
+    runs = {}
+    for t in TRAINING_SEEDS:
+        w = lambda *p, t=t: root(f'seed_{t}', *p)  # noqa: E731
+        if _scored(w, SPACES, args):
+            runs[str(t)] = {'variants': _variant_scores(w, SPACES, args), 'flow': _flow_summary(w, s),
+                            'wall_s': _wall(steps, f'training seed {t}: ')}
+    rates = {}
+    if '42' in runs:
+        full = {k: v for k, v in runs['42']['variants'].items() if k.startswith('full space')}
+        rates['lr 0.001'] = {'variants': full, 'flow': runs['42']['flow'], 'training seed': 42}
+    for folder, (label, flags) in _variants(args).items():
+        w = lambda *p, folder=folder: root(folder, *p)  # noqa: E731
+        if _scored(w, FULL, args):
+            rates[label] = {'variants': _variant_scores(w, FULL, args), 'flow': _flow_summary(w, s), 'flags': flags,
+                            'training seed': 42, 'wall_s': _wall(steps, f'{label}: ')}
+    if not runs and not rates:
+        sys.exit('nothing is scored yet: run the benchmark first')
+    result = {'command': 'python benchmarks/training_runs.py --data_dir <the Fashion-MNIST IDX folder>',
+              'config': 'configs/fashion_mnist.py', 'step': s, 'sampling_seeds': args.seeds,
+              'training_seeds_planned': list(TRAINING_SEEDS), 'training_runs': runs,
+              'over_training_runs': _over_runs(runs), 'learning_rates': rates,
+              'notes': 'per training run: mean and std (ddof=1) over the sampling seeds; over_training_runs: mean and '
+                       'std (ddof=1) of the per-run means; 256 samples against the 10,000 test images'}
+    save_result('training_runs', result)
+    _figure(result)
+    print(table(result))
+
+
+def _wall(steps, label) -> float:
+    """Wall seconds of every logged step of one run (its label: 'lr 0.0002: ', 'training seed 1: ')."""
+    logs = [steps.log_path(name) for name in steps.plan if label in name]
+    return sum(log_seconds(p) for p in logs if os.path.exists(p))
+
+
+def _over_runs(runs) -> dict:
+    """Per variant: mean and std over the training runs of each run's mean over sampling seeds."""
+    if len(runs) < 2:
+        return {}
+    variants = next(iter(runs.values()))['variants']
+    return {v: _mean_std([r['variants'][v]['mean'] for r in runs.values()]) for v in variants}
+
+
+def table(result) -> str:
+    """The markdown table of docs/results.md: classifier FD and noise share per variant, per training run and over
+    the runs; then full space by learning rate."""
+    runs = result['training_runs']
+    fmt = lambda v, k, d: f"{v['mean'][k]:.{d}f} ± {v['std'][k]:.{d}f}"  # noqa: E731
+    head = ['variant'] + [f'seed {t}: classifier FD' for t in runs] + ['over runs: classifier FD', 'noise share']
+    lines = ['| ' + ' | '.join(head) + ' |', '|' + ' --- |' * len(head)]
+    for v, over in result['over_training_runs'].items():
+        lines.append('| ' + ' | '.join([v] + [fmt(r['variants'][v], 'classifier_fd', 2) for r in runs.values()] +
+                                       [fmt(over, 'classifier_fd', 2), fmt(over, 'noise_share', 3)]) + ' |')
+    lines += ['', '| full space at | method | classifier FD | noise share | restarts from sigma 2 / 8 / 16: noise |',
+              '| --- | --- | --- | --- | --- |']
+    for rate, r in result['learning_rates'].items():
+        flow = r['flow']
+        restarts = ' / '.join(f"{x['noise_share']:.2f}" for x in flow['restarts'] if x['sigma'] in (2, 8, 16)) \
+            if flow else 'not run'
+        for v, sc in r['variants'].items():
+            lines.append(f"| {rate} | {v.split(', ', 1)[1]} | {fmt(sc, 'classifier_fd', 2)} | "
+                         f"{fmt(sc, 'noise_share', 3)} | {restarts} |")
+    return '\n'.join(lines)
+
+
+def _figure(result):
+    """docs/training_runs.png: classifier FD per variant, each training run's sampling spread beside the spread over
+    runs; and full space's FD and noise share by learning rate."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.2))
+    runs = result['training_runs']
+    for i, (t, r) in enumerate(runs.items()):
+        names = list(r['variants'])
+        xs = np.arange(len(names)) + 0.15 * (i - (len(runs) - 1) / 2)
+        axes[0].errorbar(xs, [r['variants'][v]['mean']['classifier_fd'] for v in names],
+                         yerr=[r['variants'][v]['std']['classifier_fd'] for v in names], fmt='o', capsize=3,
+                         label=f'training seed {t} (sampling spread)')
+    if result['over_training_runs']:
+        names = list(result['over_training_runs'])
+        over = result['over_training_runs']
+        axes[0].errorbar(np.arange(len(names)) + 0.4, [over[v]['mean']['classifier_fd'] for v in names],
+                         yerr=[over[v]['std']['classifier_fd'] for v in names], fmt='ks', capsize=4,
+                         label='over training runs')
+    if runs:
+        names = list(next(iter(runs.values()))['variants'])
+        axes[0].set_xticks(range(len(names)), [n.replace(', ', '\n') for n in names], fontsize=7)
+    axes[0].set(yscale='log', ylabel='classifier Frechet distance', title=f'at {result["step"]} training steps')
+    axes[0].legend(fontsize=7)
+    rates = result['learning_rates']
+    for m, style in (('pc', 'o-'), ('dpm_solver++ 20', 's--')):
+        pts = [(float(k.split()[1].rstrip(',')), r['variants'][f'full space, {m}']) for k, r in rates.items()
+               if 'warm-up' not in k]
+        pts.sort()
+        axes[1].errorbar([p[0] for p in pts], [p[1]['mean']['classifier_fd'] for p in pts],
+                         yerr=[p[1]['std']['classifier_fd'] for p in pts], fmt=style, capsize=3,
+                         label=f'full space, {m}')
+    axes[1].set(xscale='log', yscale='log', xlabel='learning rate', ylabel='classifier Frechet distance',
+                title='full space by learning rate (training seed 42)')
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(os.path.join(ROOT, 'docs', 'training_runs.png'), dpi=110)
+
+
+if __name__ == '__main__':
+    main()
