@@ -39,6 +39,7 @@ TRAINING_SEEDS = (42, 1, 2)  # 42: configs/fashion_mnist.py's seed, the training
 LEARNING_RATES = (2e-4, 5e-4)  # the study's is 1e-3; the reference's default 2e-4
 LONG_WARMUP = 5000
 FULL = {'full space': 0}
+SHIPPED = os.path.join(ROOT, 'pretrained', 'fashion_mnist')
 
 
 def _variants(args) -> dict:
@@ -52,10 +53,11 @@ def _variants(args) -> dict:
 
 
 def _share_classifier(root, eval_dir):
-    """Start `eval_dir` with the metric classifier another run's evaluation trained (the same training images and
-    settings, the same file): every run is scored in one classifier's features, trained once."""
+    """Start `eval_dir` with the metric classifier of the shipped model or of another run's evaluation (the same
+    training images and settings, the same file): every run is scored in one classifier's features, trained once."""
     os.makedirs(eval_dir, exist_ok=True)
-    for path in glob.glob(os.path.join(root(), '*', 'eval', 'proxy_classifier_*.npz')):
+    for path in glob.glob(os.path.join(SHIPPED, 'proxy_classifier_*.npz')) + glob.glob(
+            os.path.join(root(), '*', 'eval', 'proxy_classifier_*.npz')):
         target = os.path.join(eval_dir, os.path.basename(path))
         if not os.path.exists(target):
             shutil.copy(path, target)
