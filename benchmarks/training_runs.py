@@ -220,11 +220,11 @@ def table(result) -> str:
 
 def _figure(result):
     """docs/training_runs.png: classifier FD per variant, each training run's sampling spread beside the spread over
-    runs; and full space's FD and noise share by learning rate."""
+    runs; full space's FD by learning rate; and its restarts by noise level at each learning rate."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.2))
+    fig, axes = plt.subplots(1, 3, figsize=(19, 4.2))
     runs = result['training_runs']
     for i, (t, r) in enumerate(runs.items()):
         names = list(r['variants'])
@@ -254,6 +254,13 @@ def _figure(result):
     axes[1].set(xscale='log', yscale='log', xlabel='learning rate', ylabel='classifier Frechet distance',
                 title='full space by learning rate (training seed 42)')
     axes[1].legend(fontsize=7)
+    for rate, r in rates.items():
+        if r['flow']:
+            restarts = r['flow']['restarts']
+            axes[2].plot([x['sigma'] for x in restarts], [x['noise_share'] for x in restarts], marker='o', label=rate)
+    axes[2].set(xscale='log', xlabel='restart noise level sigma_s', ylabel='noise share after the full-space ODE',
+                title='restarts from noised test images, by learning rate')
+    axes[2].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(os.path.join(ROOT, 'docs', 'training_runs.png'), dpi=110)
 
