@@ -1,8 +1,9 @@
 """`jit`: jax.jit with the XLA:CPU option that runs convolutions in Eigen rather than YNNPACK.
 
 Why: XLA:CPU (jaxlib 0.10) hands every convolution with more than 16 features to YNNPACK, which on this
-project's 2-core machine uses one of the two threads: the same convolution runs about 2x faster in Eigen
-(forward, data and kernel gradient alike; benchmarks/conv_kernel_grad.py, benchmarks/reference_speed.py). XLA
+project's 2-core machine does not gain from the second thread: Eigen runs the fashion network's kernel gradients
+1.8-2.9x faster, its data gradients and forwards up to 1.8x faster (its 8x8-pixel forward 1.7x slower), and the
+whole training step in 14% less time (benchmarks/conv_kernel_grad.py, benchmarks/reference_speed.py). XLA
 chooses per compilation which operations YNNPACK may take (`xla_cpu_experimental_ynn_fusion_type`, default:
 individual convolutions, individual dots, reductions); we leave it dots and reductions. The option is experimental,
 so it is tried once on a trivial program: a jaxlib that does not know it, or a default backend that is not a CPU,

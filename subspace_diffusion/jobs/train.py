@@ -79,7 +79,7 @@ def make_train_step(loss_fn, tx, mesh, schedule, ema_rate: float, seed: int, unr
 
     repl = parallel.replicated(mesh)
     return compiler.jit(train_step, in_shardings=(repl, parallel.batch_sharding(mesh, 1)),
-                   out_shardings=(repl, repl), donate_argnums=0)
+                        out_shardings=(repl, repl), donate_argnums=0)
 
 
 
