@@ -21,7 +21,6 @@ import argparse
 import glob
 import json
 import os
-import shutil
 import sys
 
 import numpy as np
@@ -31,7 +30,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, 'tests'))
 from configs import fashion_mnist  # noqa: E402
 from results import RESULTS, save_result  # noqa: E402
-from steps import Steps, log_seconds, over_seeds, read_metrics, sample_panels  # noqa: E402
+from steps import Steps, log_seconds, over_seeds, read_metrics, sample_panels, share_classifier  # noqa: E402
 from tensorboard_events import scalars  # noqa: E402
 from training_length import METRICS, _folder, _seeds_at, cell, noise_share  # noqa: E402
 from training_length import _flags as _study_flags, _trained as _archived  # noqa: E402
@@ -41,7 +40,6 @@ METHODS = {'pc': {}, 'dpm_solver++ 20': {'sampling.method': 'dpm_solver++', 'sam
            'adaptive ode': {'sampling.method': 'ode'}}
 FULL_SPACE = {'subspace.levels': 0, 'subspace.cutoffs': '()'}
 EVAL_S = {'pc': 400, 'dpm_solver++ 20': 120, 'adaptive ode': 300}
-SHIPPED = os.path.join(ROOT, 'pretrained', 'fashion_mnist')
 # The bisection's 2,500-step networks (runs/<name>/full, scored into runs/<name>/eval as the control's): what of the
 # reference run each takes, the rest being ours (our step, our batches, times and noise at config.seed).
 BISECTION = {
@@ -60,18 +58,6 @@ def _methods_at(stage, args) -> dict:
     """Every sampler at the last stage; the adaptive ODE's 256 samples (about 14 min on one core) only there, the
     flow diagnosis gives its noise share on 64 samples at every stage."""
     return METHODS if stage == args.stages[-1] else {m: v for m, v in METHODS.items() if m != 'adaptive ode'}
-
-
-def _seed_classifier(eval_dir):
-    """Start an evaluation workdir with the metric classifier the shipped model or the other side already has (the
-    same training images, the same hash), so both sides are scored in one classifier's features."""
-    os.makedirs(eval_dir, exist_ok=True)
-    control = os.path.dirname(os.path.dirname(eval_dir))
-    siblings = glob.glob(os.path.join(control, '*', 'eval', 'proxy_classifier_*.npz'))
-    for path in glob.glob(os.path.join(SHIPPED, 'proxy_classifier_*.npz')) + siblings:
-        target = os.path.join(eval_dir, os.path.basename(path))
-        if not os.path.exists(target):
-            shutil.copy(path, target)
 
 
 def main():
@@ -112,7 +98,7 @@ def main():
             if not _archived(w(side, 'full'), s):
                 print(f'{side}: no network at step {s} yet (train or import it, then rerun)', flush=True)
                 continue
-            _seed_classifier(w(side, 'eval'))
+            share_classifier(w(side, 'eval'))
             for method, extra in _methods_at(s, args).items():
                 for seed in _seeds_at(s, args):
                     folder = _folder('full space', method, seed)

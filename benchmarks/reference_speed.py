@@ -47,7 +47,7 @@ class Ours:
         tx = train_state.make_optimizer(settings.optim, exp.networks.param_keys)
         mesh = parallel.make_mesh()
         self.state = compiler.jit(lambda k: train_state.init_state(exp.networks, tx, k),
-                             out_shardings=parallel.replicated(mesh))(jax.random.PRNGKey(0))
+                                  out_shardings=parallel.replicated(mesh))(jax.random.PRNGKey(0))
         self.step = train.make_train_step(exp.loss, tx, mesh, train_state.learning_rate(settings.optim),
                                           settings.training.ema_rate, 0)
         rng = np.random.default_rng(0)

@@ -2,9 +2,11 @@
 and the read-back of what their evaluations leave (metrics over seeds, sample panels)."""
 import collections
 import datetime
+import glob
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -16,6 +18,22 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from subspace_diffusion.formats.images import image_grid  # noqa: E402
 from subspace_diffusion.run.progress import fmt_duration  # noqa: E402
+
+
+SHIPPED = os.path.join(ROOT, 'pretrained', 'fashion_mnist')
+
+
+def share_classifier(eval_dir):
+    """Start the evaluation workdir <runs>/<run>/eval with the metric classifier the shipped model or a sibling run's
+    evaluation already has (the same training images, the same hash): every run is scored in one classifier's
+    features, trained once."""
+    os.makedirs(eval_dir, exist_ok=True)
+    runs = os.path.dirname(os.path.dirname(eval_dir))
+    for path in glob.glob(os.path.join(SHIPPED, 'proxy_classifier_*.npz')) + glob.glob(
+            os.path.join(runs, '*', 'eval', 'proxy_classifier_*.npz')):
+        target = os.path.join(eval_dir, os.path.basename(path))
+        if not os.path.exists(target):
+            shutil.copy(path, target)
 
 
 class Steps:

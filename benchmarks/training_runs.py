@@ -18,11 +18,10 @@ Results: benchmarks/results/training_runs.json (every value per run, sampling se
 docs/results.md and docs/training_runs.png (--report writes them from what is finished).
 """
 import argparse
-import glob
 import json
 import os
-import shutil
 import sys
+from typing import NamedTuple
 
 import numpy as np
 
@@ -31,57 +30,50 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, 'tests'))
 from configs import fashion_mnist  # noqa: E402
 from results import save_result  # noqa: E402
-from steps import Steps, log_seconds  # noqa: E402
-from training_length import (EVAL_S, FLOW_S, METHODS, METRICS, SPACES, STEPS_PER_S, evaluate,  # noqa: E402
-                             evaluated, scores, train)
+from steps import Steps, log_seconds, over_seeds, share_classifier  # noqa: E402
+from training_length import (EVAL_S, FLOW_S, METHODS, METRICS, NETWORKS, SPACES, STEPS_PER_S,  # noqa: E402
+                             evaluate, evaluated, scores, train)
 
 TRAINING_SEEDS = (42, 1, 2)  # 42: configs/fashion_mnist.py's seed, the training-length study's run
 LEARNING_RATES = (2e-4, 5e-4)  # the study's is 1e-3; the reference's default 2e-4
 LONG_WARMUP = 5000
 FULL = {'full space': 0}
-SHIPPED = os.path.join(ROOT, 'pretrained', 'fashion_mnist')
 
 
-def _variants(args) -> dict:
-    """{folder: (label, config flags)} of the full-space learning-rate runs, in the order they train."""
-    out = {f'lr_{lr:g}': (f'lr {lr:g}', {'optim.lr': lr}) for lr in LEARNING_RATES}
+class Run(NamedTuple):
+    """One trained set of networks: its folder under --workdir, the label of its steps, what it trains and scores."""
+    folder: str
+    label: str  # 'lr 0.0002', 'training seed 1'
+    networks: tuple  # names of training_length.NETWORKS
+    spaces: dict  # the spaces it is scored in (training_length.SPACES or full space alone)
+    flags: dict  # config flags of its training (its evaluation reads the networks, not these)
+
+
+def _runs(args) -> list:
+    """Every run, in the order they train: full space by learning rate, then the training seeds."""
+    runs = [Run(f'lr_{lr:g}', f'lr {lr:g}', ('full',), FULL, {'optim.lr': lr}) for lr in LEARNING_RATES]
     if args.long_warmup:
         lr = args.long_warmup
-        out[f'lr_{lr:g}_warmup_{LONG_WARMUP}'] = (f'lr {lr:g}, warm-up {LONG_WARMUP}',
-                                                  {'optim.lr': lr, 'optim.warmup': LONG_WARMUP})
-    return out
+        runs.append(Run(f'lr_{lr:g}_warmup_{LONG_WARMUP}', f'lr {lr:g}, warm-up {LONG_WARMUP}', ('full',), FULL,
+                        {'optim.lr': lr, 'optim.warmup': LONG_WARMUP}))
+    return runs + [Run(f'seed_{t}', f'training seed {t}', tuple(NETWORKS), SPACES, {'seed': t})
+                   for t in TRAINING_SEEDS]
 
 
-def _share_classifier(root, eval_dir):
-    """Start `eval_dir` with the metric classifier of the shipped model or of another run's evaluation (the same
-    training images and settings, the same file): every run is scored in one classifier's features, trained once."""
-    os.makedirs(eval_dir, exist_ok=True)
-    for path in glob.glob(os.path.join(SHIPPED, 'proxy_classifier_*.npz')) + glob.glob(
-            os.path.join(root(), '*', 'eval', 'proxy_classifier_*.npz')):
-        target = os.path.join(eval_dir, os.path.basename(path))
-        if not os.path.exists(target):
-            shutil.copy(path, target)
+def _dir(root, run):
+    """The path joiner of one run's folder (training_length's `w`)."""
+    return lambda *p: root(run.folder, *p)
 
 
-def _flow(steps, w, data_dir, s, label):
-    steps.run(f'flow {label}at {s}', os.path.exists(w('flow', f'step_{s}.json')), f'--step={s}', f'--workdir={w()}',
-              f'--data_dir={data_dir}', '--full_space_only', script='benchmarks/flow_failure.py')
-
-
-def _plan(args) -> dict:
+def _plan(runs, args) -> dict:
     """Planned seconds of every step, for the ETA."""
     plan = {}
-    for folder, (label, _) in _variants(args).items():
-        plan[f'train {label}: full to {args.step}'] = args.step / STEPS_PER_S['full']
-        plan.update({f'eval {label}: full space, {m} at {args.step}, seed {seed}': EVAL_S[m]
-                     for m in METHODS for seed in args.seeds})
-        plan[f'flow {label}: at {args.step}'] = FLOW_S
-    for t in TRAINING_SEEDS:
-        label = f'training seed {t}: '
-        plan.update({f'train {label}{name} to {args.step}': args.step / rate for name, rate in STEPS_PER_S.items()})
-        plan.update({f'eval {label}{space}, {m} at {args.step}, seed {seed}': EVAL_S[m]
-                     for space in SPACES for m in METHODS for seed in args.seeds})
-        plan[f'flow {label}at {args.step}'] = FLOW_S
+    for run in runs:
+        plan.update({f'train {run.label}: {name} to {args.step}': args.step / STEPS_PER_S[name]
+                     for name in run.networks})
+        plan.update({f'eval {run.label}: {space}, {m} at {args.step}, seed {seed}': EVAL_S[m]
+                     for space in run.spaces for m in METHODS for seed in args.seeds})
+        plan[f'flow {run.label}: at {args.step}'] = FLOW_S
     return plan
 
 
@@ -96,27 +88,25 @@ def main():
                         help=f'also train full space at this learning rate with {LONG_WARMUP} warm-up steps')
     parser.add_argument('--report', action='store_true', help='run nothing: write the JSON and figure of what is done')
     args = parser.parse_args()
+    if len(args.seeds) < 2:
+        parser.error('--seeds: give at least two sampling seeds (every score is a mean and a spread over them)')
     root = lambda *p: os.path.join(args.workdir, *p)  # noqa: E731
     os.makedirs(root('logs'), exist_ok=True)
-    steps = Steps(_plan(args), logs=root('logs'))
+    runs = _runs(args)
+    steps = Steps(_plan(runs, args), logs=root('logs'))
     if args.report:
-        _report(root, args, steps)
+        _report(root, runs, args, steps)
         return
     s = args.step
-    for folder, (label, flags) in _variants(args).items():
-        w = lambda *p, folder=folder: root(folder, *p)  # noqa: E731
-        train(steps, w, args.data_dir, s, ('full',), f'{label}: ', **flags)
-        _share_classifier(root, w('eval'))
-        evaluate(steps, w, args.data_dir, s, args.seeds, FULL, f'{label}: ', **flags)
-        _flow(steps, w, args.data_dir, s, f'{label}: ')
-    for t in TRAINING_SEEDS:
-        w = lambda *p, t=t: root(f'seed_{t}', *p)  # noqa: E731
-        label = f'training seed {t}: '
-        train(steps, w, args.data_dir, s, label=label, seed=t)
-        _share_classifier(root, w('eval'))
-        evaluate(steps, w, args.data_dir, s, args.seeds, label=label)
-        _flow(steps, w, args.data_dir, s, label)
-    _report(root, args, steps)
+    for run in runs:
+        w, label = _dir(root, run), f'{run.label}: '
+        train(steps, w, args.data_dir, s, run.networks, label, **run.flags)
+        share_classifier(w('eval'))
+        evaluate(steps, w, args.data_dir, s, args.seeds, run.spaces, label)  # flags: training's alone
+        steps.run(f'flow {label}at {s}', os.path.exists(w('flow', f'step_{s}.json')), f'--step={s}',
+                  f'--workdir={w()}', f'--data_dir={args.data_dir}', '--full_space_only',
+                  script='benchmarks/flow_failure.py')
+    _report(root, runs, args, steps)
 
 
 def _scored(w, spaces, args) -> bool:
@@ -136,45 +126,39 @@ def _flow_summary(w, s):
             'ema_dsm_loss': flow['ema_dsm_loss']['0'], 'samples': flow['samples']}
 
 
-def _variant_scores(w, spaces, args) -> dict:
-    """{'space, method': {'runs': [per sampling seed], 'mean', 'std'}} of one trained set of networks."""
+def _variant_scores(w, run, args) -> dict:
+    """{'space, method': {'runs': [per sampling seed], 'mean', 'std'}} of one run's networks."""
     out = {}
-    for space in spaces:
+    for space in run.spaces:
         for m in METHODS:
-            runs = [scores(w, space, m, seed, args.step) for seed in args.seeds]
-            out[f'{space}, {m}'] = {'runs': runs, **_mean_std(runs)}
+            rows = [scores(w, space, m, seed, args.step) for seed in args.seeds]
+            out[f'{space}, {m}'] = {'runs': rows, **over_seeds(f'{run.label}: {space}, {m}', rows, METRICS)}
     return out
 
 
-def _mean_std(rows) -> dict:
-    return {'mean': {k: float(np.mean([r[k] for r in rows])) for k in METRICS},
-            'std': {k: float(np.std([r[k] for r in rows], ddof=1)) if len(rows) > 1 else 0.0 for k in METRICS}}
-
-
-def _report(root, args, steps):
+def _report(root, runs, args, steps):
     """Write benchmarks/results/training_runs.json and docs/training_runs.png from every finished run."""
     s = args.step
-    runs = {}
-    for t in TRAINING_SEEDS:
-        w = lambda *p, t=t: root(f'seed_{t}', *p)  # noqa: E731
-        if _scored(w, SPACES, args):
-            runs[str(t)] = {'variants': _variant_scores(w, SPACES, args), 'flow': _flow_summary(w, s),
-                            'wall_s': _wall(steps, f'training seed {t}: ')}
-    rates = {}
-    if '42' in runs:
-        full = {k: v for k, v in runs['42']['variants'].items() if k.startswith('full space')}
-        rates['lr 0.001'] = {'variants': full, 'flow': runs['42']['flow'], 'training seed': 42}
-    for folder, (label, flags) in _variants(args).items():
-        w = lambda *p, folder=folder: root(folder, *p)  # noqa: E731
-        if _scored(w, FULL, args):
-            rates[label] = {'variants': _variant_scores(w, FULL, args), 'flow': _flow_summary(w, s), 'flags': flags,
-                            'training seed': 42, 'wall_s': _wall(steps, f'{label}: ')}
-    if not runs and not rates:
+    seeds, rates = {}, {}
+    for run in runs:
+        w = _dir(root, run)
+        if not _scored(w, run.spaces, args):
+            continue
+        entry = {'variants': _variant_scores(w, run, args), 'flow': _flow_summary(w, s),
+                 'wall_s': _wall(steps, f'{run.label}: ')}
+        if 'seed' in run.flags:
+            seeds[str(run.flags['seed'])] = entry
+        else:
+            rates[run.label] = {**entry, 'flags': run.flags, 'training seed': 42}
+    if '42' in seeds:  # the study's rate is training seed 42's run
+        full = {k: v for k, v in seeds['42']['variants'].items() if k.startswith('full space')}
+        rates = {'lr 0.001': {'variants': full, 'flow': seeds['42']['flow'], 'training seed': 42}, **rates}
+    if not seeds and not rates:
         sys.exit('nothing is scored yet: run the benchmark first')
     result = {'command': 'python benchmarks/training_runs.py --data_dir <the Fashion-MNIST IDX folder>',
               'config': 'configs/fashion_mnist.py', 'step': s, 'sampling_seeds': args.seeds,
-              'training_seeds_planned': list(TRAINING_SEEDS), 'training_runs': runs,
-              'over_training_runs': _over_runs(runs), 'learning_rates': rates,
+              'training_seeds_planned': list(TRAINING_SEEDS), 'training_runs': seeds,
+              'over_training_runs': _over_runs(seeds), 'learning_rates': rates,
               'notes': 'per training run: mean and std (ddof=1) over the sampling seeds; over_training_runs: mean and '
                        'std (ddof=1) of the per-run means; 256 samples against the 10,000 test images'}
     save_result('training_runs', result)
@@ -193,7 +177,8 @@ def _over_runs(runs) -> dict:
     if len(runs) < 2:
         return {}
     variants = next(iter(runs.values()))['variants']
-    return {v: _mean_std([r['variants'][v]['mean'] for r in runs.values()]) for v in variants}
+    return {v: over_seeds(f'{v} over training runs', [r['variants'][v]['mean'] for r in runs.values()], METRICS)
+            for v in variants}
 
 
 def table(result) -> str:
