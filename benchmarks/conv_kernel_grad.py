@@ -11,6 +11,7 @@ benchmarks/results/conv_kernel_grad.json. Run it on a quiet machine.
 import argparse
 import os
 import sys
+from typing import NamedTuple
 
 import numpy as np
 
@@ -24,45 +25,66 @@ from timing import median_time  # noqa: E402
 SHAPES = [(64, 32, 32, 32), (64, 32, 16, 16), (64, 32, 48, 16), (64, 16, 32, 32), (64, 16, 64, 32), (64, 8, 32, 32)]
 
 
+class Conv(NamedTuple):
+    """One convolution: input (batch, size, size, ci) NHWC, a (k, k, ci, co) kernel, stride, symmetric padding."""
+    batch: int
+    size: int
+    ci: int
+    co: int
+    k: int = 3
+    stride: int = 1
+    pad: int = 1
+
+    def out_size(self) -> int:
+        """The output's height (= width)."""
+        return (self.size + 2 * self.pad - self.k) // self.stride + 1
+
+
 def _median_ms(fn, reps):
     return 1e3 * median_time(fn, reps=reps)
 
 
-def ours(batch, size, ci, co, reps):
-    """{case: ms} for XLA's convolution, data gradient and kernel gradient, by jax.jit and by compiler.jit."""
+def ours(conv: Conv, reps: int, backends=None) -> dict:
+    """{'<case>, <backend>': ms}: XLA's forward, data gradient and kernel gradient of `conv`, each compiled alone.
+
+    backends: {name: jit} (default: jax.jit as 'XLA default (YNNPACK)' and compiler.jit as 'compiler.jit (Eigen)').
+    """
     import jax
     from subspace_diffusion import compiler
+    backends = backends or {'XLA default (YNNPACK)': jax.jit, 'compiler.jit (Eigen)': compiler.jit}
     rng = np.random.default_rng(0)
-    x = jax.numpy.asarray(rng.standard_normal((batch, size, size, ci), np.float32))
-    w = jax.numpy.asarray(rng.standard_normal((3, 3, ci, co), np.float32))
-    dy = jax.numpy.asarray(rng.standard_normal((batch, size, size, co), np.float32))
-    pads, dims = ((1, 1), (1, 1)), ('NHWC', 'HWIO', 'NHWC')
-    plain = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), pads, dimension_numbers=dims)  # noqa
+    x = jax.numpy.asarray(rng.standard_normal((conv.batch, conv.size, conv.size, conv.ci), np.float32))
+    w = jax.numpy.asarray(rng.standard_normal((conv.k, conv.k, conv.ci, conv.co), np.float32))
+    dy = jax.numpy.asarray(rng.standard_normal((conv.batch, conv.out_size(), conv.out_size(), conv.co), np.float32))
+    pads, dims, strides = ((conv.pad, conv.pad),) * 2, ('NHWC', 'HWIO', 'NHWC'), (conv.stride,) * 2
+    plain = lambda x, w: jax.lax.conv_general_dilated(x, w, strides, pads, dimension_numbers=dims)  # noqa
     fns = {'forward': (plain, (x, w)),
            'data gradient': (lambda x, w, dy: jax.vjp(lambda x: plain(x, w), x)[1](dy)[0], (x, w, dy)),
            'kernel gradient': (lambda x, w, dy: jax.vjp(lambda w: plain(x, w), w)[1](dy)[0], (x, w, dy))}
     out = {}
     for name, (fn, args) in fns.items():
-        for backend, jit in (('XLA default (YNNPACK)', jax.jit), ('compiler.jit (Eigen)', compiler.jit)):
+        for backend, jit in backends.items():
             compiled = jit(fn).lower(*args).compile()
             out[f'{name}, {backend}'] = _median_ms(lambda: compiled(*args), reps)
     return out
 
 
-def reference(batch, size, ci, co, reps):
-    """{case: ms} for torch's convolution and its convolution_backward (data, kernel) in channels-first."""
+def reference(conv: Conv, reps: int) -> dict:
+    """{'<case>, torch': ms}: torch's convolution and its convolution_backward (data, kernel), channels-first."""
     import torch
     rng = np.random.default_rng(0)
-    x = torch.from_numpy(rng.standard_normal((batch, ci, size, size), np.float32))
-    w = torch.from_numpy(rng.standard_normal((co, ci, 3, 3), np.float32))
-    dy = torch.from_numpy(rng.standard_normal((batch, co, size, size), np.float32))
+    x = torch.from_numpy(rng.standard_normal((conv.batch, conv.ci, conv.size, conv.size), np.float32))
+    w = torch.from_numpy(rng.standard_normal((conv.co, conv.ci, conv.k, conv.k), np.float32))
+    dy = torch.from_numpy(rng.standard_normal((conv.batch, conv.co, conv.out_size(), conv.out_size()), np.float32))
+    stride, pad = [conv.stride] * 2, [conv.pad] * 2
 
     def backward(mask):
-        return lambda: torch.ops.aten.convolution_backward(dy, x, w, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1,
+        return lambda: torch.ops.aten.convolution_backward(dy, x, w, None, stride, pad, [1, 1], False, [0, 0], 1,
                                                            mask)
 
     with torch.no_grad():
-        return {'forward, torch': _median_ms(lambda: torch.nn.functional.conv2d(x, w, padding=1), reps),
+        return {'forward, torch': _median_ms(lambda: torch.nn.functional.conv2d(x, w, stride=conv.stride,
+                                                                                 padding=conv.pad), reps),
                 'data gradient, torch': _median_ms(backward([True, False, False]), reps),
                 'kernel gradient, torch': _median_ms(backward([False, True, False]), reps)}
 
@@ -79,7 +101,7 @@ def main():
               'torch': torch.__version__, 'torch_threads': args.threads, 'cores': os.cpu_count(), 'ms': {}}
     for shape in SHAPES:
         key = 'batch {}, {}x{} px, {} -> {} channels'.format(shape[0], shape[1], shape[1], *shape[2:])
-        row = {**ours(*shape, args.reps), **reference(*shape, args.reps)}
+        row = {**ours(Conv(*shape), args.reps), **reference(Conv(*shape), args.reps)}
         result['ms'][key] = row
         print(key + ': ' + ', '.join(f'{k} {v:.2f}' for k, v in row.items()), flush=True)
     save_result('conv_kernel_grad', result)

@@ -98,17 +98,9 @@ def _summary(times, per: int = 1):
             'all_s': [round(float(v), 5) for v in t]}
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--reference', default='/work/subspace-diffusion')
-    parser.add_argument('--reps', type=int, default=10)
-    parser.add_argument('--threads', type=int, default=2)
-    parser.add_argument('--skip_cifar', action='store_true')
-    parser.add_argument('--tag', default='before', help='the key of this run in the JSON (before / after a change)')
-    args = parser.parse_args()
-    import jax
+def speed_cases(skip_cifar: bool) -> dict:
+    """{name: (our config module, batch, our steps per call, the reference's config maker, channels, size)}."""
     import torch
-    torch.set_num_threads(args.threads)
     from configs import cifar10_ve_ncsnpp, fashion_mnist
 
     def published_cifar10(config_module):  # the CIFAR-10 VE NCSN++ as published, on the CPU
@@ -117,8 +109,28 @@ def main():
         return config
 
     cases = {'fashion_mnist, batch 64': (fashion_mnist, 64, 2, rt.reference_config, 1, 32)}
-    if not args.skip_cifar:
+    if not skip_cifar:
         cases['cifar10 VE NCSN++, batch 8'] = (cifar10_ve_ncsnpp, 8, 1, published_cifar10, 3, 32)
+    return cases
+
+
+def speed_arguments(description: str, tag: str) -> argparse.Namespace:
+    """The command line shared by the side-by-side benchmarks: checkout, repetitions, threads, cases, tag."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument('--reference', default='/work/subspace-diffusion')
+    parser.add_argument('--reps', type=int, default=10)
+    parser.add_argument('--threads', type=int, default=2)
+    parser.add_argument('--skip_cifar', action='store_true')
+    parser.add_argument('--tag', default=tag, help='the key of this run in the JSON (before / after a change)')
+    return parser.parse_args()
+
+
+def main():
+    args = speed_arguments(__doc__.split('\n')[0], 'before')
+    import jax
+    import torch
+    torch.set_num_threads(args.threads)
+    cases = speed_cases(args.skip_cifar)
     out = {'command': 'python benchmarks/reference_speed.py ' + ' '.join(sys.argv[1:]), 'torch': torch.__version__,
            'jax': jax.__version__, 'torch_threads': args.threads, 'cores': os.cpu_count(), 'reps': args.reps,
            'cases': {}}

@@ -163,6 +163,14 @@ def _fir_1331(a, up):
     return out
 
 
+def test_fir_resampling_keeps_the_dtype_and_wants_1d_taps():
+    x = jnp.ones((1, 4, 4, 2), jnp.bfloat16)
+    assert layers.upsample_2d(x, (1, 3, 3, 1)).dtype == jnp.bfloat16
+    assert layers.downsample_2d(x, (1, 3, 3, 1)).dtype == jnp.bfloat16
+    with pytest.raises(ValueError, match="1-D taps"):
+        layers.upfirdn2d(x, np.ones((2, 2)), up=2)
+
+
 def test_fir_resampling_values_and_the_fused_convolutions():
     # Independent of upfirdn2d's padding arithmetic: the closed form above (a half-pixel phase error fails it).
     x = np.random.default_rng(0).normal(size=(1, 6, 6, 2)).astype(np.float32)
