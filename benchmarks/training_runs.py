@@ -4,11 +4,11 @@
 
 One resumable command (rerun it to continue; every finished step is skipped), in the order that decides the
 headline first:
-1. the learning rate of full space: its network of configs/fashion_mnist.py at lr 2e-4 and 5e-4 (training seed
-   42, the study's; --long_warmup LR adds LR with 5,000 warm-up steps), trained to --step and scored as
-   training_length.py scores a stage (PC 100 and DPM-Solver++ at 20 NFE, sampling seeds --seeds: classifier FD
-   and KID, pixel FD, noise share of 256 samples), with benchmarks/flow_failure.py's restarts by noise level.
-   lr 1e-3 (the study's) is training seed 42's run of step 2;
+1. the learning rate of full space: its network of configs/fashion_mnist.py at the study's lr 1e-3 (training
+   seed 42's network of step 2, scored first in full space), then at lr 2e-4 and 5e-4 (training seed 42;
+   --long_warmup LR adds LR with 5,000 warm-up steps), trained to --step and scored as training_length.py scores
+   a stage (PC 100 and DPM-Solver++ at 20 NFE, sampling seeds --seeds: classifier FD and KID, pixel FD, noise
+   share of 256 samples), with benchmarks/flow_failure.py's restarts by noise level;
 2. training runs: the full-space, 16 px and 8 px networks at training seeds 42 (the study's), 1 and 2 (each
    draws its own Fourier features), to --step, scored in full space, the 1-level and the 2-level chain, with the
    same restarts for full space.
@@ -98,7 +98,7 @@ def main():
         _report(root, runs, args, steps)
         return
     s = args.step
-    for run in runs:
+    for run in [_study_rate(runs)] + runs:  # the study's rate first: the learning rates are compared against it
         w, label = _dir(root, run), f'{run.label}: '
         train(steps, w, args.data_dir, s, run.networks, label, **run.flags)
         share_classifier(w('eval'))
@@ -107,6 +107,13 @@ def main():
                   f'--workdir={w()}', f'--data_dir={args.data_dir}', '--full_space_only',
                   script='benchmarks/flow_failure.py')
     _report(root, runs, args, steps)
+
+
+def _study_rate(runs) -> Run:
+    """The study's learning rate: training seed 42's full-space network, scored in full space (its steps are that
+    run's, so the training-seed phase skips them)."""
+    study = next(run for run in runs if run.flags.get('seed') == TRAINING_SEEDS[0])
+    return study._replace(networks=('full',), spaces=FULL)
 
 
 def _scored(w, spaces, args) -> bool:
@@ -150,9 +157,11 @@ def _report(root, runs, args, steps):
             seeds[str(run.flags['seed'])] = entry
         else:
             rates[run.label] = {**entry, 'flags': run.flags, 'training seed': 42}
-    if '42' in seeds:  # the study's rate is training seed 42's run
-        full = {k: v for k, v in seeds['42']['variants'].items() if k.startswith('full space')}
-        rates = {'lr 0.001': {'variants': full, 'flow': seeds['42']['flow'], 'training seed': 42}, **rates}
+    study = _study_rate(runs)
+    w = _dir(root, study)
+    if _scored(w, study.spaces, args):  # the study's rate: training seed 42's full-space network
+        rates = {'lr 0.001': {'variants': _variant_scores(w, study, args), 'flow': _flow_summary(w, s),
+                              'training seed': 42}, **rates}
     if not seeds and not rates:
         sys.exit('nothing is scored yet: run the benchmark first')
     result = {'command': 'python benchmarks/training_runs.py --data_dir <the Fashion-MNIST IDX folder>',
