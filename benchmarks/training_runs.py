@@ -232,11 +232,11 @@ def _figure(result):
         axes[0].errorbar(np.arange(len(names)) + 0.4, [over[v]['mean']['classifier_fd'] for v in names],
                          yerr=[over[v]['std']['classifier_fd'] for v in names], fmt='ks', capsize=4,
                          label='over training runs')
-    if runs:
+    if runs:  # until a training run is scored, the panel stays empty
         names = list(next(iter(runs.values()))['variants'])
         axes[0].set_xticks(range(len(names)), [n.replace(', ', '\n') for n in names], fontsize=7)
+        axes[0].legend(fontsize=7)
     axes[0].set(yscale='log', ylabel='classifier Frechet distance', title=f'at {result["step"]} training steps')
-    axes[0].legend(fontsize=7)
     rates = result['learning_rates']
     for m, style in (('pc', 'o-'), ('dpm_solver++ 20', 's--')):
         pts = [(float(k.split()[1].rstrip(',')), r['variants'][f'full space, {m}']) for k, r in rates.items()
