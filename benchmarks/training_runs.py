@@ -254,7 +254,8 @@ def _figure(result):
             axes[2].plot([x['sigma'] for x in restarts], [x['noise_share'] for x in restarts], marker='o', label=rate)
     axes[2].set(xscale='log', xlabel='restart noise level sigma_s', ylabel='noise share after the full-space ODE',
                 title='restarts from noised test images, by learning rate')
-    axes[2].legend(fontsize=7)
+    if any(r['flow'] for r in rates.values()):
+        axes[2].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(os.path.join(ROOT, 'docs', 'training_runs.png'), dpi=110)
 
