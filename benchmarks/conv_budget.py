@@ -7,7 +7,7 @@ For the fashion network (batch 64) and the CIFAR-10 VE NCSN++ (batch 8): the con
 with other ops, is left in both sides' rest), each timed alone as its forward, data gradient and
 kernel gradient, ours by compiler.jit (as the package compiles them, Eigen) and torch's oneDNN at --threads
 threads; then the whole training step and forward of both sides in the same process, alternating calls
-(reference_speed.py's Ours and reference). A training step holds every convolution's forward and kernel
+(reference_speed.side_by_side). A training step holds every convolution's forward and kernel
 gradient, and the data gradient of all but those on the image itself (the first convolution and the input
 pyramid's: their input has the data's channels and needs no gradient). What is left of a step once its
 convolutions are taken out is what this project's code decides: layouts, normalisation, attention, elementwise
@@ -23,7 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
 from conv_kernel_grad import Conv, ours, reference  # noqa: E402
-from reference_speed import Ours, _reference, _summary, _time, speed_arguments, speed_cases  # noqa: E402
+from reference_speed import Ours, side_by_side, speed_arguments, speed_cases  # noqa: E402
 from results import save_tagged  # noqa: E402
 
 CASES = ('forward', 'data gradient', 'kernel gradient')
@@ -32,8 +32,8 @@ CASES = ('forward', 'data gradient', 'kernel gradient')
 def network_convs(model: Ours) -> tuple:
     """(Conv -> count, description -> count): the ordinary convolutions of `model`'s forward pass, and the others.
 
-    The others are FIR resampling (depthwise, or with a dilated input), which the reference writes with other ops
-    (reshapes, padding and one-channel convolutions): they stay in both sides' rest.
+    The others (grouped, input-dilated or asymmetric: FIR resampling when it was written as depthwise convolutions,
+    FIRConv's up-sampling convolution) have no same-op torch counterpart here: they stay in both sides' rest.
     """
     ordinary, others = collections.Counter(), collections.Counter()
 
@@ -66,27 +66,12 @@ def budget(convs: collections.Counter, data_channels: int, reps: int, backend: d
         times = {**ours(conv, reps, backend), **reference(conv, reps)}
         row = {'conv': conv._asdict(), 'count': count, 'ms': times}
         rows.append(row)
+        cases = CASES if conv.ci != data_channels else ('forward', 'kernel gradient')
         for side, suffix in (('ours', next(iter(backend))), ('torch', 'torch')):
-            cases = CASES if conv.ci != data_channels else ('forward', 'kernel gradient')
             sums[side]['forward'] += count * times[f'forward, {suffix}']
             sums[side]['training step'] += count * sum(times[f'{c}, {suffix}'] for c in cases)
         print(f'  {count} x {tuple(conv)}: ' + ', '.join(f'{k} {v:.2f}' for k, v in times.items()), flush=True)
     return {'convolutions': rows, 'sum_ms': sums}
-
-
-def steps(config_module, batch, n_jit, make_config, channels, size, checkout, reps) -> dict:
-    """Medians (s) of both sides' training step (per optimiser step) and forward, alternating calls."""
-    calls = {'ours train': (Ours(config_module, batch, n_jit).train, n_jit),
-             'ours forward': (Ours(config_module, batch, 1).forward, 1)}
-    ref_train, ref_forward = _reference(checkout, make_config, batch, channels, size)
-    calls['reference train'], calls['reference forward'] = (ref_train, 1), (ref_forward, 1)
-    for fn, _ in calls.values():
-        fn()
-    times = {key: [] for key in calls}
-    for _ in range(reps):
-        for key, (fn, _) in calls.items():
-            times[key].append(_time(fn))
-    return {key: _summary(times[key], per) for key, (_, per) in calls.items()}
 
 
 def main():
@@ -98,17 +83,20 @@ def main():
     cases = speed_cases(args.skip_cifar)
     out = {'command': 'python benchmarks/conv_budget.py ' + ' '.join(sys.argv[1:]), 'torch': torch.__version__,
            'jax': jax.__version__, 'torch_threads': args.threads, 'cores': os.cpu_count(), 'cases': {}}
-    for name, (module, batch, n_jit, make_config, channels, size) in cases.items():
+    for name, case_args in cases.items():
+        module, batch, n_jit, _, channels, _ = case_args
         print(f'{name}: the convolutions op by op ...', flush=True)
         ordinary, others = network_convs(Ours(module, batch, 1))
         case = budget(ordinary, channels, args.reps, {'compiler.jit (Eigen)': compiler.jit})
         case['left_in_the_rest'] = dict(others)
         print(f'{name}: the whole steps, alternating ...', flush=True)
-        case['steps'] = steps(module, batch, n_jit, make_config, channels, size, args.reference, args.reps)
+        case['steps'] = side_by_side(case_args, args.reference, args.reps, (n_jit,))
         rest = {}
-        for side, prefix in (('ours', 'ours'), ('torch', 'reference')):
-            for work, key in (('training step', 'train'), ('forward', 'forward')):
-                whole = 1e3 * case['steps'][f'{prefix} {key}']['median_s']
+        keys = {'ours': (f'ours train, {n_jit} step(s) per call', 'ours forward'),
+                'torch': ('reference train', 'reference forward')}
+        for side, (train_key, forward_key) in keys.items():
+            for work, key in (('training step', train_key), ('forward', forward_key)):
+                whole = 1e3 * case['steps'][key]['median_s']
                 rest[f'{side}, {work}'] = {'whole_ms': whole, 'convolutions_ms': case['sum_ms'][side][work],
                                            'rest_ms': whole - case['sum_ms'][side][work]}
         case['split'] = rest

@@ -125,6 +125,28 @@ def speed_arguments(description: str, tag: str) -> argparse.Namespace:
     return parser.parse_args()
 
 
+def side_by_side(case: tuple, checkout: str, reps: int, steps_per_call) -> dict:
+    """{call: medians, quartiles (s per optimiser step) and first call}: ours' training step (at each of
+    `steps_per_call`) and forward, the reference's training step and forward, alternating calls for `reps` rounds.
+
+    case: one value of speed_cases().
+    """
+    ours_module, batch, _, make_config, channels, size = case
+    calls = {f'ours train, {k} step(s) per call': (Ours(ours_module, batch, k).train, k) for k in steps_per_call}
+    calls['ours forward'] = (Ours(ours_module, batch, 1).forward, 1)
+    ref_train, ref_forward = _reference(checkout, make_config, batch, channels, size)
+    calls['reference train'], calls['reference forward'] = (ref_train, 1), (ref_forward, 1)
+    first = {key: _time(fn) for key, (fn, _) in calls.items()}
+    times = {key: [] for key in calls}
+    for r in range(reps):
+        for key, (fn, _) in calls.items():
+            times[key].append(_time(fn))
+        done = ', '.join(f'{k} {times[k][-1]:.3f} s' for k in calls)
+        print(f'  repetition {r + 1}/{reps}: {done}', flush=True)
+    return {key: {**_summary(times[key], per), 'first_call_s': first[key], 'steps_per_call': per}
+            for key, (_, per) in calls.items()}
+
+
 def main():
     args = speed_arguments(__doc__.split('\n')[0], 'before')
     import jax
@@ -134,25 +156,9 @@ def main():
     out = {'command': 'python benchmarks/reference_speed.py ' + ' '.join(sys.argv[1:]), 'torch': torch.__version__,
            'jax': jax.__version__, 'torch_threads': args.threads, 'cores': os.cpu_count(), 'reps': args.reps,
            'cases': {}}
-    for name, (ours_module, batch, n_jit, make_config, channels, size) in cases.items():
+    for name, case_args in cases.items():
         print(f'{name}: building and compiling ...', flush=True)
-        calls = {}
-        first = {}
-        for k in sorted({1, n_jit}):
-            calls[f'ours train, {k} step(s) per call'] = (Ours(ours_module, batch, k).train, k)
-        calls['ours forward'] = (Ours(ours_module, batch, 1).forward, 1)
-        ref_train, ref_forward = _reference(args.reference, make_config, batch, channels, size)
-        calls['reference train'], calls['reference forward'] = (ref_train, 1), (ref_forward, 1)
-        for key, (fn, _) in calls.items():
-            first[key] = _time(fn)
-        times = {key: [] for key in calls}
-        for r in range(args.reps):
-            for key, (fn, _) in calls.items():
-                times[key].append(_time(fn))
-            done = ', '.join(f'{k} {times[k][-1]:.3f} s' for k in calls)
-            print(f'  repetition {r + 1}/{args.reps}: {done}', flush=True)
-        case = {key: {**_summary(times[key], per), 'first_call_s': first[key], 'steps_per_call': per}
-                for key, (_, per) in calls.items()}
+        case = side_by_side(case_args, args.reference, args.reps, sorted({1, case_args[2]}))
         best_ours = min(case[k]['median_s'] for k in case if k.startswith('ours train'))
         case['ratios'] = {'train, ours / reference (per optimiser step, best steps per call)':
                           best_ours / case['reference train']['median_s'],
