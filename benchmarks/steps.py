@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -61,6 +62,8 @@ class Steps:
         # main.py logs its progress (steps, it/s, ETA) to stderr: pass both streams through, keep the tail for a failure
         proc = subprocess.Popen([sys.executable, os.path.join(ROOT, script), *args], cwd=ROOT,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        # one `kill` of the runner stops its step too: main.py saves a checkpoint on SIGTERM, so nothing is lost
+        previous = signal.signal(signal.SIGTERM, lambda signum, frame: proc.send_signal(signum))
         log = open(self.log_path(name), 'a') if self.logs else None
         tail = collections.deque(maxlen=40)
         for line in proc.stdout:
@@ -71,8 +74,10 @@ class Steps:
                 log.write(line)
         if log:
             log.close()
-        if proc.wait():
-            sys.exit(f'step {name!r} failed:\n{"".join(tail)}')
+        code = proc.wait()
+        signal.signal(signal.SIGTERM, previous)
+        if code:
+            sys.exit(f'step {name!r} failed (exit {code}); rerun the same command to resume:\n{"".join(tail)}')
         print(f'  took {fmt_duration(time.perf_counter() - start)}', flush=True)
 
 

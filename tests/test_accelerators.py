@@ -82,7 +82,8 @@ def test_bfloat16_outputs_are_within_tolerance_of_float32(name):
 def _losses(tmp_path, **overrides):
     # Output layers initialised at scale 1, not ~0: the network's share of the loss is there from the first step.
     state = train.train(tiny_settings(training__n_iters=40, training__log_freq=2, model__init_scale=1.0,
-                                      optim__warmup=10, **overrides), tmp_path)
+                                      optim__warmup=10, training__snapshot_freq=40,
+                                      training__snapshot_freq_for_preemption=40, **overrides), tmp_path)
     from tensorboard_events import scalars
     return state, np.array([v for _, v in sorted(scalars(tmp_path / 'tensorboard', 'train/loss').items())])
 
