@@ -9,7 +9,9 @@ built by the reference (`mutils.create_model`, seeded), trained for STEPS steps 
 put the warm-up's first (zero-lr) step, its ramp and its end, and the EMA's early decay min(rate, (1 + n) / (10 + n))
 and its switch to the rate, inside the six steps. The times and noise the reference draws (torch.rand,
 torch.randn_like) are recorded as it draws them. Written: the initial state_dict, the images, t and z of
-each step (NHWC), the loss of each step, and the trainable parameters and EMA shadow parameters after each.
+each step (NHWC), the loss of each step, and the trainable parameters and EMA shadow parameters after each; and
+tests/data/reference/train_step3.pth, the reference's own checkpoint after CARRY steps (its Adam moments and EMA
+mid-run, for the import that carries them on).
 """
 import json
 import os
@@ -24,6 +26,8 @@ import reference_training as rt  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, 'tests', 'data', 'reference', 'train_steps.npz')
+CARRY = 3
+CHECKPOINT = os.path.join(ROOT, 'tests', 'data', 'reference', f'train_step{CARRY}.pth')
 NETWORK = dict(nf=4, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), fir=False, dropout=0.0,
                sigma_min=0.01, sigma_max=25, ema_rate=0.3)
 OPTIM = dict(lr=1e-2, warmup=3, grad_clip=1.0)
@@ -65,6 +69,8 @@ def main(checkout='/work/subspace-diffusion'):
             for k, shadow in zip(names, state['ema'].shadow_params):
                 out[f'model_{s + 1}/{k}'] = params[k].detach().numpy().copy()
                 out[f'ema_{s + 1}/{k}'] = shadow.numpy().copy()
+            if s + 1 == CARRY:
+                rt.save(state, CHECKPOINT)
     eps = 1e-5  # get_sde_loss_fn's default, which get_step_fn keeps
     t = [u * (1.0 - eps) + eps for u in drawn['rand']]  # as the reference's loss turns its draw into t (T = 1)
     out.update(images=images.transpose(0, 1, 3, 4, 2), t=torch.stack(t).numpy(),
@@ -73,6 +79,7 @@ def main(checkout='/work/subspace-diffusion'):
                about=np.array(json.dumps({'reference': 'bjing2016/subspace-diffusion losses.get_step_fn',
                                           'torch': torch.__version__, 'network': NETWORK, 'optim': OPTIM,
                                           'image_size': SIZE, 'batch': BATCH, 'steps': STEPS, 'eps': eps,
+                                          'checkpoint_after': CARRY,
                                           'command': 'python benchmarks/make_training_fixture.py'})))
     np.savez_compressed(OUT, **out)
     print('wrote', OUT, f'{os.path.getsize(OUT) / 1e6:.2f} MB, losses', np.round(loss_values, 3))

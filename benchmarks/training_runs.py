@@ -239,12 +239,13 @@ def _figure(result):
     axes[0].set(yscale='log', ylabel='classifier Frechet distance', title=f'at {result["step"]} training steps')
     rates = result['learning_rates']
     for m, style in (('pc', 'o-'), ('dpm_solver++ 20', 's--')):
-        pts = [(float(k.split()[1].rstrip(',')), r['variants'][f'full space, {m}']) for k, r in rates.items()
-               if 'warm-up' not in k]
-        pts.sort()
-        axes[1].errorbar([p[0] for p in pts], [p[1]['mean']['classifier_fd'] for p in pts],
-                         yerr=[p[1]['std']['classifier_fd'] for p in pts], fmt=style, capsize=3,
-                         label=f'full space, {m}')
+        for warm, label in ((False, f'full space, {m}'), (True, f'full space, {m}, warm-up {LONG_WARMUP}')):
+            pts = sorted((float(k.split()[1].rstrip(',')), r['variants'][f'full space, {m}'])
+                         for k, r in rates.items() if ('warm-up' in k) == warm)
+            if pts:  # the long warm-up: open markers at its rate, off the line of the default warm-up
+                axes[1].errorbar([p[0] for p in pts], [p[1]['mean']['classifier_fd'] for p in pts],
+                                 yerr=[p[1]['std']['classifier_fd'] for p in pts], capsize=3, label=label,
+                                 fmt=style[0] if warm else style, mfc='none' if warm else None)
     axes[1].set(xscale='log', yscale='log', xlabel='learning rate', ylabel='classifier Frechet distance',
                 title='full space by learning rate (training seed 42)')
     axes[1].legend(fontsize=7)

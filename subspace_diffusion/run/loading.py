@@ -13,7 +13,8 @@ from subspace_diffusion.run.checkpoints import Checkpoints
 from subspace_diffusion.run.experiment import level_shapes
 from subspace_diffusion.run.networks import Networks
 from subspace_diffusion.run.settings import Settings
-from subspace_diffusion.run.train_state import abstract_params, checkpoint_meta
+from subspace_diffusion.run.train_state import (abstract_params, abstract_state, adam_moments, checkpoint_meta,
+                                                make_optimizer)
 
 
 @dataclasses.dataclass
@@ -51,6 +52,18 @@ def load_parts(settings: Settings, workdir, step: Optional[int] = None, parts=('
     finally:
         ckpts.close()
     return networks, {part: networks.by_level(state[part]) for part in parts}, step
+
+
+def load_adam_moments(settings: Settings, workdir, step: int, networks: Networks) -> dict:
+    """{level: (update count, mu, nu)} of the Adam state in `workdir`'s checkpoint at `step` (levels: `networks`'s)."""
+    abstract = abstract_state(networks, make_optimizer(settings.optim, networks.param_keys), parallel.make_mesh())
+    ckpts = Checkpoints(workdir, read_only=True)
+    try:
+        opt_state = ckpts.restore({'opt_state': abstract.opt_state}, checkpoint_meta(networks), step,
+                                  partial=True)[0]['opt_state']
+    finally:
+        ckpts.close()
+    return {k: adam_moments(opt_state, networks.param_key(k)) for k in networks.levels}
 
 
 def checkpoint_at(workdir, step: Optional[int] = None) -> tuple:

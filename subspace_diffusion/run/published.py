@@ -9,6 +9,7 @@ weights become our parameters by name (models/convert.py). `--mode=import` (jobs
 writes them into a workdir.
 """
 import math
+from typing import NamedTuple
 
 import jax
 import numpy as np
@@ -52,6 +53,47 @@ def read_reference(path, weights: str = 'ema'):
         chosen = {**state_dict, **dict(zip(trainable, shadow))}
     step = int(np.asarray(ckpt.get('step', 0)))
     return chosen, state_dict, step, ema.get('decay')
+
+
+class AdamMoments(NamedTuple):
+    """The reference optimiser's Adam state: its update count and per-parameter moments {torch key: array}."""
+    count: int
+    mu: dict  # exp_avg
+    nu: dict  # exp_avg_sq
+    betas: tuple
+    eps: float
+
+
+def read_adam(path, state_dict) -> tuple:
+    """(AdamMoments, '') of the checkpoint's torch Adam state over `state_dict`'s parameters, or (None, why not).
+
+    torch numbers its optimiser state by position in model.parameters(): the state_dict's keys without the
+    buffers (the frozen Fourier W included; it never gets a gradient, so it has no state)."""
+    opt = pth.load(path, keys=('optimizer',)).get('optimizer')
+    if not isinstance(opt, dict) or not opt.get('state'):
+        return None, 'the checkpoint holds no optimiser state (a network that was never stepped, or weights alone)'
+    groups = opt.get('param_groups') or [{}]
+    if len(groups) != 1 or 'betas' not in groups[0] or groups[0].get('amsgrad'):
+        return None, 'its optimiser is not the reference\'s Adam (one parameter group, betas, no AMSGrad)'
+    names = [k for k in state_dict if k not in convert.BUFFERS]
+    if sorted(groups[0]['params']) != list(range(len(names))):
+        return None, (f'its optimiser covers {len(groups[0]["params"])} tensors, its model {len(names)} parameters: '
+                      f'they do not line up')
+    mu, nu, counts = {}, {}, set()
+    for index, entry in opt['state'].items():
+        key = names[index]
+        if not isinstance(entry, dict) or not {'exp_avg', 'exp_avg_sq', 'step'} <= set(entry) or any(
+                np.shape(entry[m]) != np.shape(state_dict[key]) for m in ('exp_avg', 'exp_avg_sq')):
+            return None, f'its optimiser state of {key} is not Adam moments of that parameter\'s shape'
+        mu[key], nu[key] = entry['exp_avg'], entry['exp_avg_sq']
+        counts.add(int(np.asarray(entry['step'])))
+    if len(counts) != 1:
+        return None, f'its parameters were updated different numbers of times ({sorted(counts)})'
+    for key in names:  # never updated (the Fourier W): zero moments, as Adam starts them
+        mu.setdefault(key, np.zeros(np.shape(state_dict[key]), np.float32))
+        nu.setdefault(key, np.zeros(np.shape(state_dict[key]), np.float32))
+    return AdamMoments(counts.pop(), mu, nu, tuple(float(b) for b in groups[0]['betas']),
+                       float(groups[0].get('eps', 1e-8))), ''
 
 
 def network_layout(networks: Networks, k: int) -> dict:

@@ -62,6 +62,27 @@ def make_optimizer(optim: Optim, param_keys) -> optax.GradientTransformation:
                                  lambda params: {k: jax.tree.map(lambda _: k, v) for k, v in params.items()})
 
 
+def adam_moments(opt_state, key: str) -> tuple:
+    """(update count, mu, nu) of parameter set `key` in a make_optimizer state; mu, nu: trees of that set."""
+    adam = _adam_state(opt_state.inner_states[key])
+    return adam.count, adam.mu[key], adam.nu[key]
+
+
+def with_adam_moments(opt_state, key: str, count, mu, nu):
+    """`opt_state` with parameter set `key`'s Adam moments and update count (its schedule's count too) replaced."""
+    inner = opt_state.inner_states[key]
+    adam = _adam_state(inner)
+    inner = optax.tree_utils.tree_set(inner, count=jnp.asarray(count, jnp.int32), mu={**adam.mu, key: mu},
+                                      nu={**adam.nu, key: nu})
+    return opt_state._replace(inner_states={**opt_state.inner_states, key: inner})
+
+
+def _adam_state(inner) -> optax.ScaleByAdamState:
+    is_adam = lambda x: isinstance(x, optax.ScaleByAdamState)  # noqa: E731
+    (adam,) = [x for x in jax.tree.leaves(inner, is_leaf=is_adam) if is_adam(x)]
+    return adam
+
+
 def init_key(seed: int) -> jax.Array:
     """The PRNG key a training run of `seed` draws its initial parameters from (its steps use other streams)."""
     return jax.random.fold_in(jax.random.PRNGKey(seed), 0)
