@@ -167,7 +167,7 @@ def _report(root, runs, args, steps):
     result = {'command': 'python benchmarks/training_runs.py --data_dir <the Fashion-MNIST IDX folder>',
               'config': 'configs/fashion_mnist.py', 'step': s, 'sampling_seeds': args.seeds,
               'training_seeds_planned': list(TRAINING_SEEDS), 'training_runs': seeds,
-              'over_training_runs': _over_runs(seeds), 'learning_rates': rates,
+              'over_training_runs': _over_runs(seeds), 'gaps': _gaps(seeds), 'learning_rates': rates,
               'notes': 'per training run: mean and std (ddof=1) over the sampling seeds; over_training_runs: mean and '
                        'std (ddof=1) of the per-run means; 256 samples against the 10,000 test images'}
     save_result('training_runs', result)
@@ -190,6 +190,31 @@ def _over_runs(runs) -> dict:
             for v in variants}
 
 
+def _gaps(runs) -> dict:
+    """Full space against each chain under each method, in classifier FD: the ratio per training run, and the
+    difference of the means over runs against the combined spread of both variants (per variant: the spread of the
+    runs' means and the mean spread of the sampling seeds within a run, added in quadrature)."""
+    if len(runs) < 2:
+        return {}
+    fd = 'classifier_fd'
+
+    def spread(rows):
+        means, within = [r['mean'][fd] for r in rows], [r['std'][fd] for r in rows]
+        return float(np.sqrt(np.var(means, ddof=1) + np.mean(np.square(within))))
+
+    out = {}
+    for m in METHODS:
+        full = [r['variants'][f'full space, {m}'] for r in runs.values()]
+        for chain in [space for space in SPACES if space != 'full space']:
+            other = [r['variants'][f'{chain}, {m}'] for r in runs.values()]
+            difference = float(np.mean([r['mean'][fd] for r in full]) - np.mean([r['mean'][fd] for r in other]))
+            combined = float(np.hypot(spread(full), spread(other)))
+            out[f'full space against the {chain}, {m}'] = {
+                'ratio_per_run': [a['mean'][fd] / b['mean'][fd] for a, b in zip(full, other)],
+                'difference': difference, 'combined_spread': combined, 'beyond_the_spread': difference > combined}
+    return out
+
+
 def table(result) -> str:
     """The markdown table of docs/results.md: classifier FD and noise share per variant, per training run and over
     the runs; then full space by learning rate."""
@@ -200,6 +225,13 @@ def table(result) -> str:
     for v, over in result['over_training_runs'].items():
         lines.append('| ' + ' | '.join([v] + [fmt(r['variants'][v], 'classifier_fd', 2) for r in runs.values()] +
                                        [fmt(over, 'classifier_fd', 2), fmt(over, 'noise_share', 3)]) + ' |')
+    if result['gaps']:
+        lines += ['', '| classifier FD | ratio per training run | difference of the means | combined spread | |',
+                  '| --- | --- | --- | --- | --- |']
+        for name, g in result['gaps'].items():
+            ratios = ' / '.join(f'{x:.2f}' for x in g['ratio_per_run'])
+            lines.append(f"| {name} | {ratios} | {g['difference']:.2f} | {g['combined_spread']:.2f} | "
+                         f"{'beyond' if g['beyond_the_spread'] else 'within'} the spread |")
     lines += ['', '| full space at | method | classifier FD | noise share | restarts from sigma 2 / 8 / 16: noise |',
               '| --- | --- | --- | --- | --- |']
     for rate, r in result['learning_rates'].items():
