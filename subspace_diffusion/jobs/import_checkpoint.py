@@ -68,8 +68,8 @@ def import_checkpoint(settings: Settings, workdir, source: str, level: int, weig
     raw, ema = to_params(state_dict, layout), to_params(chosen, layout)
     adam = None if not_carried else (moments.count, to_params(moments.mu, layout), to_params(moments.nu, layout))
     del chosen, state_dict, moments  # the reference-layout copies are not needed while writing
-    return _write(settings, workdir, level, (raw, ema), adam, {'file': os.path.abspath(source), 'step': ref_step,
-                                                               'weights': weights})
+    return _write(settings, workdir, level, (raw, ema), {'file': os.path.abspath(source), 'step': ref_step,
+                                                        'weights': weights}, adam)
 
 
 def _other_adam(moments: AdamMoments, optim: Optim) -> str:
@@ -81,7 +81,7 @@ def _other_adam(moments: AdamMoments, optim: Optim) -> str:
             f'{optim.eps:g}: set --config.optim.beta1 and --config.optim.eps to carry its moments')
 
 
-def _write(settings: Settings, workdir, level: int, raw_and_ema, adam, source: dict) -> int:
+def _write(settings: Settings, workdir, level: int, raw_and_ema, source: dict, adam=None) -> int:
     """Add level `level` (raw weights as params, chosen weights as EMA, `adam` = (count, mu, nu) or None for
     fresh moments) to the workdir's newest checkpoint; the levels in it keep their optimiser state."""
     ckpts = Checkpoints(workdir, record=records.Record.of(settings, 'import'))
