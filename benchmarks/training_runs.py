@@ -164,7 +164,8 @@ def _report(root, runs, args, steps):
                               'training seed': 42}, **rates}
     if not seeds and not rates:
         sys.exit('nothing is scored yet: run the benchmark first')
-    result = {'command': 'python benchmarks/training_runs.py --data_dir <the Fashion-MNIST IDX folder>',
+    flag = f' --long_warmup {args.long_warmup:g}' if args.long_warmup else ''
+    result = {'command': f'python benchmarks/training_runs.py --data_dir <the Fashion-MNIST IDX folder>{flag}',
               'config': 'configs/fashion_mnist.py', 'step': s, 'sampling_seeds': args.seeds,
               'training_seeds_planned': list(TRAINING_SEEDS), 'training_runs': seeds,
               'over_training_runs': _over_runs(seeds), 'gaps': _gaps(seeds), 'learning_rates': rates,
