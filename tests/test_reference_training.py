@@ -167,6 +167,15 @@ def test_an_optimiser_that_is_not_the_configs_adam_starts_fresh(reference, tmp_p
     optim = _settings(about).optim
     assert import_checkpoint._other_adam(moments, optim) == ''
     assert 'set --config.optim.beta1' in import_checkpoint._other_adam(moments, dataclasses.replace(optim, beta1=0.5))
+    # A malformed optimiser state (the file is untrusted) leaves the moments behind, said why, and raises nothing.
+    model = {k: torch_format.tensor(np.asarray(v, np.float32), str(i)) for i, (k, v) in enumerate(state_dict.items())}
+    for state, reason in (({99: {}}, 'is not the Adam moments of a parameter'),
+                          ({0: {'exp_avg': 1, 'exp_avg_sq': 1, 'step': 'x'}}, 'is not the Adam moments'),
+                          ('not a dict', 'malformed')):
+        torch_format.save(tmp_path / 'bad.pth', {'model': model, 'optimizer': {
+            'state': state, 'param_groups': [{'betas': (0.9, 0.999), 'params': list(range(len(model) - 1))}]}})
+        got, why = published.read_adam(tmp_path / 'bad.pth', state_dict)
+        assert got is None and reason in why, why
     # A checkpoint of a network that was never stepped holds an empty optimiser state: fresh moments, said why.
     untrained = os.path.join(os.path.dirname(FIXTURE), 'vp_8.pth')
     assert published.read_adam(untrained, published.read_reference(untrained)[1]) == (

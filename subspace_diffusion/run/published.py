@@ -72,21 +72,27 @@ def read_adam(path, state_dict) -> tuple:
     opt = pth.load(path, keys=('optimizer',)).get('optimizer')
     if not isinstance(opt, dict) or not opt.get('state'):
         return None, 'the checkpoint holds no optimiser state (a network that was never stepped, or weights alone)'
+    try:  # the file is untrusted: anything malformed means the moments stay behind, said why
+        return _adam(opt, [k for k in state_dict if k not in convert.BUFFERS], state_dict)
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError) as e:
+        return None, f'its optimiser state is malformed ({type(e).__name__}: {e})'
+
+
+def _adam(opt: dict, names: list, state_dict) -> tuple:
     groups = opt.get('param_groups') or [{}]
     if len(groups) != 1 or 'betas' not in groups[0] or groups[0].get('amsgrad'):
         return None, 'its optimiser is not the reference\'s Adam (one parameter group, betas, no AMSGrad)'
-    names = [k for k in state_dict if k not in convert.BUFFERS]
     if sorted(groups[0]['params']) != list(range(len(names))):
         return None, (f'its optimiser covers {len(groups[0]["params"])} tensors, its model {len(names)} parameters: '
                       f'they do not line up')
     mu, nu, counts = {}, {}, set()
     for index, entry in opt['state'].items():
-        key = names[index]
-        if not isinstance(entry, dict) or not {'exp_avg', 'exp_avg_sq', 'step'} <= set(entry) or any(
+        key = names[index] if type(index) is int and 0 <= index < len(names) else None
+        if key is None or not isinstance(entry, dict) or not {'exp_avg', 'exp_avg_sq', 'step'} <= set(entry) or any(
                 np.shape(entry[m]) != np.shape(state_dict[key]) for m in ('exp_avg', 'exp_avg_sq')):
-            return None, f'its optimiser state of {key} is not Adam moments of that parameter\'s shape'
+            return None, f'its optimiser state {index!r:.40} is not the Adam moments of a parameter of its model'
         mu[key], nu[key] = entry['exp_avg'], entry['exp_avg_sq']
-        counts.add(int(np.asarray(entry['step'])))
+        counts.add(int(np.asarray(entry['step']).item()))
     if len(counts) != 1:
         return None, f'its parameters were updated different numbers of times ({sorted(counts)})'
     for key in names:  # never updated (the Fourier W): zero moments, as Adam starts them
