@@ -11,7 +11,9 @@ headline first:
    share of 256 samples), with benchmarks/flow_failure.py's restarts by noise level;
 2. training runs: the full-space, 16 px and 8 px networks at training seeds 42 (the study's), 1 and 2 (each
    draws its own Fourier features), to --step, scored in full space, the 1-level and the 2-level chain, with the
-   same restarts for full space.
+   same restarts for full space; training seed 42's archives at 2,500 and 5,000 steps are also scored as the
+   study scores those stages (sampling seed 0, every space and method, the flow diagnosis with the chains): issue
+   35's rerun of the study's stages trained before its EMA fix.
 A network trained elsewhere with the same flags is the same run (the data order and every key follow the step):
 copy benchmarks/reference_control.py's runs/control/ours/full into <workdir>/seed_42/full and it is reused.
 Results: benchmarks/results/training_runs.json (every value per run, sampling seed and variant), the table of
@@ -37,6 +39,7 @@ from training_length import (EVAL_S, FLOW_S, METHODS, METRICS, NETWORKS, SPACES,
 TRAINING_SEEDS = (42, 1, 2)  # 42: configs/fashion_mnist.py's seed, the training-length study's run
 LEARNING_RATES = (2e-4, 5e-4)  # the study's is 1e-3; the reference's default 2e-4
 LONG_WARMUP = 5000
+EARLY_STAGES = (2500, 5000)  # the study's stages trained with the defective EMA (issue 35), rescored on seed 42's
 FULL = {'full space': 0}
 
 
@@ -74,6 +77,11 @@ def _plan(runs, args) -> dict:
         plan.update({f'eval {run.label}: {space}, {m} at {args.step}, seed {seed}': EVAL_S[m]
                      for space in run.spaces for m in METHODS for seed in args.seeds})
         plan[f'flow {run.label}: at {args.step}'] = FLOW_S
+        if run.flags.get('seed') == TRAINING_SEEDS[0]:
+            for s in EARLY_STAGES:
+                plan.update({f'eval {run.label}: {space}, {m} at {s}, seed {args.seeds[0]}': EVAL_S[m]
+                             for space in run.spaces for m in METHODS})
+                plan[f'flow {run.label}: at {s}'] = FLOW_S
     return plan
 
 
@@ -106,14 +114,24 @@ def main():
         steps.run(f'flow {label}at {s}', os.path.exists(w('flow', f'step_{s}.json')), f'--step={s}',
                   f'--workdir={w()}', f'--data_dir={args.data_dir}', '--full_space_only',
                   script='benchmarks/flow_failure.py')
+        if run.flags.get('seed') == TRAINING_SEEDS[0] and run.networks == tuple(NETWORKS):
+            for early in EARLY_STAGES:
+                evaluate(steps, w, args.data_dir, early, args.seeds[:1], run.spaces, label)
+                steps.run(f'flow {label}at {early}', os.path.exists(w('flow', f'step_{early}.json')),
+                          f'--step={early}', f'--workdir={w()}', f'--data_dir={args.data_dir}',
+                          script='benchmarks/flow_failure.py')
     _report(root, runs, args, steps)
 
 
 def _study_rate(runs) -> Run:
     """The study's learning rate: training seed 42's full-space network, scored in full space (its steps are that
     run's, so the training-seed phase skips them)."""
-    study = next(run for run in runs if run.flags.get('seed') == TRAINING_SEEDS[0])
-    return study._replace(networks=('full',), spaces=FULL)
+    return _seed_run(runs, TRAINING_SEEDS[0])._replace(networks=('full',), spaces=FULL)
+
+
+def _seed_run(runs, seed) -> Run:
+    """The run of training seed `seed`."""
+    return next(run for run in runs if run.flags.get('seed') == seed)
 
 
 def _scored(w, spaces, args) -> bool:
@@ -162,6 +180,7 @@ def _report(root, runs, args, steps):
     if _scored(w, study.spaces, args):  # the study's rate: training seed 42's full-space network
         rates = {'lr 0.001': {'variants': _variant_scores(w, study, args), 'flow': _flow_summary(w, s),
                               'training seed': 42}, **rates}
+    early = _early_scores(_dir(root, _seed_run(runs, TRAINING_SEEDS[0])), args)
     if not seeds and not rates:
         sys.exit('nothing is scored yet: run the benchmark first')
     flag = f' --long_warmup {args.long_warmup:g}' if args.long_warmup else ''
@@ -169,11 +188,24 @@ def _report(root, runs, args, steps):
               'config': 'configs/fashion_mnist.py', 'step': s, 'sampling_seeds': args.seeds,
               'training_seeds_planned': list(TRAINING_SEEDS), 'training_runs': seeds,
               'over_training_runs': _over_runs(seeds), 'gaps': _gaps(seeds), 'learning_rates': rates,
+              'early_stages_training_seed_42': early,
               'notes': 'per training run: mean and std (ddof=1) over the sampling seeds; over_training_runs: mean and '
                        'std (ddof=1) of the per-run means; 256 samples against the 10,000 test images'}
     save_result('training_runs', result)
     _figure(result)
     print(table(result))
+
+
+def _early_scores(w, args) -> dict:
+    """Training seed 42's networks at EARLY_STAGES, as the study scores a stage (sampling seed args.seeds[0]):
+    {stage: {'variants': {'space, method': scores}, 'flow': the flow summary}} of every finished stage."""
+    out = {}
+    for s in EARLY_STAGES:
+        seed = args.seeds[0]
+        if all(evaluated(w, space, m, seed, s) for space in SPACES for m in METHODS):
+            out[str(s)] = {'variants': {f'{space}, {m}': scores(w, space, m, seed, s) for space in SPACES
+                                        for m in METHODS}, 'flow': _flow_summary(w, s)}
+    return out
 
 
 def _wall(steps, label) -> float:
