@@ -48,7 +48,7 @@ from subspace_diffusion.run import data, parallel, train_state
 from subspace_diffusion.run.experiment import Experiment
 from tiny import tiny_settings
 assert jax.device_count() == 8
-settings = tiny_settings(subspace__train_level=-1)
+settings = tiny_settings()  # one level: the sharding is the same for every network
 exp = Experiment.build(settings, settings.subspace.train_levels())
 tx = train_state.make_optimizer(settings.optim, exp.networks.param_keys)
 it = data.get_dataset(settings.data, 'train', 16)
