@@ -48,7 +48,8 @@ def main():
         from subspace_diffusion.run import loading
         from subspace_diffusion.run.settings import Settings
         config = importlib.import_module(f'configs.{CONFIGS[made["config"]]}').get_config()
-        networks, parts, step = loading.load_parts(Settings.from_config(config), workdir)
+        settings = Settings.from_config(config)
+        networks, parts, step = loading.load_parts(settings, workdir)
         flat = traverse_util.flatten_dict(parts['ema_params'][0])
         by_key = {convert.torch_key(path): (path, value) for path, value in flat.items()}
         worst = 0.0
@@ -58,7 +59,7 @@ def main():
             worst = max(worst, float(np.abs(got - np.asarray(values)).max()))
         n_params = sum(int(np.prod(v.shape)) for v in flat.values())
         # The Adam state comes along: make_release_checkpoint.py writes exp_avg_sq 1e-6 after `step` updates.
-        count, _, nu = loading.load_adam_moments(Settings.from_config(config), workdir, step, networks)[0]
+        count, _, nu = loading.load_adam_moments(settings, workdir, step, networks)[0]
         nu_error = max(float(np.abs(np.asarray(v) - 1e-6).max()) for v in jax.tree.leaves(nu)
                        if np.asarray(v).any())
     result = {

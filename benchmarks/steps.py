@@ -66,16 +66,18 @@ class Steps:
         previous = signal.signal(signal.SIGTERM, lambda signum, frame: proc.send_signal(signum))
         log = open(self.log_path(name), 'a') if self.logs else None
         tail = collections.deque(maxlen=40)
-        for line in proc.stdout:
-            tail.append(line)
-            sys.stdout.write('  | ' + line)
-            sys.stdout.flush()
+        try:
+            for line in proc.stdout:
+                tail.append(line)
+                sys.stdout.write('  | ' + line)
+                sys.stdout.flush()
+                if log:
+                    log.write(line)
+            code = proc.wait()
+        finally:
+            signal.signal(signal.SIGTERM, previous)
             if log:
-                log.write(line)
-        if log:
-            log.close()
-        code = proc.wait()
-        signal.signal(signal.SIGTERM, previous)
+                log.close()
         if code:
             sys.exit(f'step {name!r} failed (exit {code}); rerun the same command to resume:\n{"".join(tail)}')
         print(f'  took {fmt_duration(time.perf_counter() - start)}', flush=True)

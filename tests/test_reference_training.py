@@ -64,23 +64,38 @@ def test_training_steps_equal_the_reference(reference):
     params = _ours(exp, reference, 'init/')
     state = train_state.TrainState(step=np.int32(0), params=params, ema_params=params, opt_state=tx.init(params))
 
+    mesh = parallel.make_mesh()
+    step = _fixture_step(exp, settings, tx, mesh)
+    state = jax.device_put(state, parallel.replicated(mesh))
+    for s in range(about['steps']):
+        state, metrics = step(state, _batch(reference, s, mesh))
+        _assert_equals_the_reference(exp, reference, state, metrics, s)
+
+
+def _fixture_step(exp, settings, tx, mesh):
+    """Our compiled training step, drawing its times and noise from the batch (the fixture's) instead of its key."""
     def loss_fn(p, batch, key, train):
         return exp.loss(p, batch['images'], key, train, draws={0: (batch['t'], batch['z'])})
 
-    mesh = parallel.make_mesh()
-    step = train.make_train_step(loss_fn, tx, mesh, train_state.learning_rate(settings.optim),
+    return train.make_train_step(loss_fn, tx, mesh, train_state.learning_rate(settings.optim),
                                  settings.training.ema_rate, settings.seed)
-    state = jax.device_put(state, parallel.replicated(mesh))
-    for s in range(about['steps']):
-        batch = {k: reference[k][s][None] for k in ('images', 't', 'z')}
-        state, metrics = step(state, jax.tree.map(lambda a: parallel.global_batch(a, mesh, 1), batch))
-        got = jax.device_get(state)
-        np.testing.assert_allclose(metrics['loss'][0], reference['loss'][s], rtol=1e-5, err_msg=f'loss, step {s + 1}')
-        for name, ours, theirs in (('parameters', got.params, _ours(exp, reference, f'model_{s + 1}/')),
-                                   ('EMA', got.ema_params, _ours(exp, reference, f'ema_{s + 1}/'))):
-            share, worst = _agreement(ours, theirs)
-            assert share >= 0.99 and worst < 1e-3, (f'{name} after step {s + 1}: {share:.2%} of the elements agree '
-                                                    f'with the reference, worst difference {worst:.2g}')
+
+
+def _batch(reference, s, mesh):
+    """The images, times and noise of the reference's step s + 1, as one global batch."""
+    return jax.tree.map(lambda a: parallel.global_batch(a, mesh, 1),
+                        {k: reference[k][s][None] for k in ('images', 't', 'z')})
+
+
+def _assert_equals_the_reference(exp, reference, state, metrics, s):
+    """The loss of step s + 1, and the parameters and EMA after it, are the reference's."""
+    np.testing.assert_allclose(metrics['loss'][0], reference['loss'][s], rtol=1e-5, err_msg=f'loss, step {s + 1}')
+    got = jax.device_get(state)
+    for name, ours, theirs in (('parameters', got.params, _ours(exp, reference, f'model_{s + 1}/')),
+                               ('EMA', got.ema_params, _ours(exp, reference, f'ema_{s + 1}/'))):
+        share, worst = _agreement(ours, theirs)
+        assert share >= 0.99 and worst < 1e-3, (f'{name} after step {s + 1}: {share:.2%} of the elements agree '
+                                                f'with the reference, worst difference {worst:.2g}')
 
 
 def test_an_import_carries_the_reference_adam_state_on(reference, tmp_path):
@@ -101,22 +116,11 @@ def test_an_import_carries_the_reference_adam_state_on(reference, tmp_path):
     assert int(state.step) == int(count) == carry and any(np.abs(x).max() > 0 for x in jax.tree.leaves(nu))
     fresh = jax.device_get(state.replace(opt_state=tx.init(state.params)))  # the import before: moments dropped
 
-    def loss_fn(p, batch, key, train):
-        return exp.loss(p, batch['images'], key, train, draws={0: (batch['t'], batch['z'])})
-
-    step = train.make_train_step(loss_fn, tx, mesh, train_state.learning_rate(settings.optim),
-                                 settings.training.ema_rate, settings.seed)
+    step = _fixture_step(exp, settings, tx, mesh)
     for s in range(carry, about['steps']):
-        batch = jax.tree.map(lambda a: parallel.global_batch(a, mesh, 1),
-                             {k: reference[k][s][None] for k in ('images', 't', 'z')})
+        batch = _batch(reference, s, mesh)
         state, metrics = step(state, batch)
-        np.testing.assert_allclose(metrics['loss'][0], reference['loss'][s], rtol=1e-5, err_msg=f'loss, step {s + 1}')
-        got = jax.device_get(state)
-        for name, ours, theirs in (('parameters', got.params, _ours(exp, reference, f'model_{s + 1}/')),
-                                   ('EMA', got.ema_params, _ours(exp, reference, f'ema_{s + 1}/'))):
-            share, worst = _agreement(ours, theirs)
-            assert share >= 0.99 and worst < 1e-3, (f'{name} after step {s + 1}: {share:.2%} of the elements agree '
-                                                    f'with the reference, worst difference {worst:.2g}')
+        _assert_equals_the_reference(exp, reference, state, metrics, s)
         if s == carry:  # fresh moments would have taken another step
             stepped = jax.device_get(step(fresh, batch)[0]).params
             share, _ = _agreement(stepped, _ours(exp, reference, f'model_{s + 1}/'))
