@@ -16,6 +16,8 @@ headline first:
    35's rerun of the study's stages trained before its EMA fix.
 A network trained elsewhere with the same flags is the same run (the data order and every key follow the step):
 copy benchmarks/reference_control.py's runs/control/ours/full into <workdir>/seed_42/full and it is reused.
+A run the committed JSON already holds (scored at the same --step and --seeds, on a machine whose runs/ is gone) is
+carried into the report instead of trained again; scored here again, it replaces its entry.
 Results: benchmarks/results/training_runs.json (every value per run, sampling seed and variant), the table of
 docs/results.md and docs/training_runs.png (--report writes them from what is finished).
 """
@@ -41,6 +43,8 @@ LEARNING_RATES = (2e-4, 5e-4)  # the study's is 1e-3; the reference's default 2e
 LONG_WARMUP = 5000
 EARLY_STAGES = (2500, 5000)  # the study's stages trained with the defective EMA (issue 35), rescored on seed 42
 FULL = {'full space': 0}
+STUDY_RATE = 'lr 0.001'  # the label of the study's rate among the learning rates
+RESULT = os.path.join(ROOT, 'benchmarks', 'results', 'training_runs.json')
 
 
 class Run(NamedTuple):
@@ -105,9 +109,12 @@ def main():
     if args.report:
         _report(root, runs, args, steps)
         return
-    s = args.step
+    s, before = args.step, _committed(args)
     for run in [_study_rate(runs)] + runs:  # the study's rate first: the learning rates are compared against it
         w, label = _dir(root, run), f'{run.label}: '
+        if _carried(run, before) and not _scored(w, run.spaces, args):
+            print(f'{run.label}: scored before in {RESULT} (an earlier machine\'s runs/), skipped', flush=True)
+            continue
         train(steps, w, args.data_dir, s, run.networks, label, **run.flags)
         share_classifier(w('eval'))
         evaluate(steps, w, args.data_dir, s, args.seeds, run.spaces, label)  # flags: training's alone
@@ -121,6 +128,31 @@ def main():
                           f'--step={early}', f'--workdir={w()}', f'--data_dir={args.data_dir}',
                           script='benchmarks/flow_failure.py')
     _report(root, runs, args, steps)
+
+
+def _committed(args) -> dict:
+    """The committed result's entries when it was scored at this --step and these --seeds (else empty): a run
+    scored on an earlier machine, whose runs/ is gone, is carried into the report instead of trained again."""
+    if not os.path.exists(RESULT):
+        return {}
+    with open(RESULT) as f:
+        result = json.load(f)
+    if result['step'] != args.step or result['sampling_seeds'] != args.seeds:
+        return {}
+    return {'training_runs': result['training_runs'], 'learning_rates': result['learning_rates'],
+            'early_stages_training_seed_42': result['early_stages_training_seed_42']}
+
+
+def _carried(run, before) -> bool:
+    """Whether everything `run` produces is in the committed result (`before`, from _committed)."""
+    rates, seeds = before.get('learning_rates', {}), before.get('training_runs', {})
+    if 'seed' not in run.flags:  # a learning rate
+        return run.label in rates
+    if run.networks != tuple(NETWORKS):  # the study's rate: training seed 42's full space alone
+        return STUDY_RATE in rates
+    early = run.flags['seed'] != TRAINING_SEEDS[0] or \
+        all(str(s) in before.get('early_stages_training_seed_42', {}) for s in EARLY_STAGES)
+    return str(run.flags['seed']) in seeds and early
 
 
 def _study_rate(runs) -> Run:
@@ -164,7 +196,8 @@ def _variant_scores(w, run, args) -> dict:
 def _report(root, runs, args, steps):
     """Write benchmarks/results/training_runs.json and docs/training_runs.png from every finished run."""
     s = args.step
-    seeds, rates = {}, {}
+    before = _committed(args)  # what an earlier machine scored: kept unless scored here again
+    seeds, rates = dict(before.get('training_runs', {})), dict(before.get('learning_rates', {}))
     for run in runs:
         w = _dir(root, run)
         if not _scored(w, run.spaces, args):
@@ -178,9 +211,13 @@ def _report(root, runs, args, steps):
     study = _study_rate(runs)
     w = _dir(root, study)
     if _scored(w, study.spaces, args):  # the study's rate: training seed 42's full-space network
-        rates = {'lr 0.001': {'variants': _variant_scores(w, study, args), 'flow': _flow_summary(w, s),
-                              'training seed': 42}, **rates}
-    early = _early_scores(_dir(root, _seed_run(runs, TRAINING_SEEDS[0])), args)
+        rates[STUDY_RATE] = {'variants': _variant_scores(w, study, args), 'flow': _flow_summary(w, s),
+                             'training seed': 42}
+    order = [STUDY_RATE] + [run.label for run in runs if 'seed' not in run.flags]
+    rates = {label: rates[label] for label in order if label in rates}
+    seeds = {str(t): seeds[str(t)] for t in TRAINING_SEEDS if str(t) in seeds}
+    early = {**before.get('early_stages_training_seed_42', {}),
+             **_early_scores(_dir(root, _seed_run(runs, TRAINING_SEEDS[0])), args)}
     if not seeds and not rates:
         sys.exit('nothing is scored yet: run the benchmark first')
     flag = f' --long_warmup {args.long_warmup:g}' if args.long_warmup else ''
