@@ -6,6 +6,7 @@
         --config.training.n_iters=10000 --config.subspace.train_level=0          # ours, the same settings
     python benchmarks/reference_control.py            # resumable; stages whose networks exist are scored
     python benchmarks/reference_control.py --report   # JSON, figure and table of the finished stages
+    python benchmarks/reference_control.py --bisection   # score the bisection's trained runs (BISECTION) into the JSON
 
 At each stage s of --stages the reference's archive (runs/reference_fashion/archive/checkpoint_<s>.pth) is imported
 with --mode=import into runs/control/reference/full; then each side's network at s is scored exactly as
@@ -47,7 +48,11 @@ BISECTION = {
     'initA': 'the reference\'s initial weights, then our training (benchmarks/reference_init.py --init reference)',
     'wswap': 'our initial weights with the reference\'s Fourier W, then our training '
              '(benchmarks/reference_init.py --init ours_with_reference_w)',
+    'wraise': 'nothing: our initial weights with the Fourier frequency under 1 in magnitude (0.14) raised to the '
+              'median magnitude of the draw (10.79), then our training (benchmarks/reference_init.py --init '
+              'ours_with_small_w_raised)',
 }
+BISECTION_STEP, BISECTION_METHODS = 2500, ('pc', 'dpm_solver++ 20')
 
 
 def _flags(workdir, data_dir, **extra):
@@ -71,6 +76,9 @@ def main():
     parser.add_argument('--report', action='store_true', help='run nothing: JSON, figure and table of finished stages')
     parser.add_argument('--skip_flow', action='store_true',
                         help='evaluations only, no flow_failure.py (a second training run: the spread of the metrics)')
+    parser.add_argument('--bisection', action='store_true',
+                        help='only score the bisection runs that are trained (runs/<name>/full at 2,500 steps) and '
+                             'update the JSON\'s bisection (runs scored on an earlier machine are kept)')
     parser.add_argument('--name', default='reference_control',
                         help='the JSON and figures are benchmarks/results/<name>.json, docs/<name>*.png (another '
                              'training run of the reference, e.g. --reference_run runs/reference_fashion_seed1)')
@@ -85,7 +93,11 @@ def main():
                          for seed in _seeds_at(s, args)})
             if not args.skip_flow:
                 plan[f'flow {side} at {s}'] = 600
+    plan.update({f'eval bisection {name}, {m}': EVAL_S[m] for name in BISECTION for m in BISECTION_METHODS})
     steps = Steps(plan, logs=w('logs'))
+    if args.bisection:
+        _score_bisection(steps, args)
+        return
     if args.report:
         _report(w, args)
         return
@@ -99,14 +111,9 @@ def main():
                 print(f'{side}: no network at step {s} yet (train or import it, then rerun)', flush=True)
                 continue
             share_classifier(w(side, 'eval'))
-            for method, extra in _methods_at(s, args).items():
+            for method in _methods_at(s, args):
                 for seed in _seeds_at(s, args):
-                    folder = _folder('full space', method, seed)
-                    flags = {'seed': seed, 'eval.folder': folder, 'eval.begin_ckpt': s, 'eval.end_ckpt': s,
-                             'eval.level_workdirs': f'("{w(side, "full")}",)', 'eval.use_subspace': False, **extra}
-                    steps.run(f'eval {side}, {method} at {s}, seed {seed}',
-                              _scored(w, side, method, seed, s), '--mode=eval',
-                              *_flags(w(side, 'eval'), args.data_dir, **flags))
+                    _evaluate(steps, f'eval {side}, {method} at {s}, seed {seed}', w(side), method, seed, s, args)
             if args.skip_flow:
                 continue
             steps.run(f'flow {side} at {s}', os.path.exists(w(side, 'flow', f'step_{s}.json')), f'--step={s}',
@@ -117,6 +124,32 @@ def main():
 
 def _scored(w, side, method, seed, s) -> bool:
     return os.path.exists(w(side, 'eval', _folder('full space', method, seed), f'step_{s}', 'metrics.json'))
+
+
+def _evaluate(steps, name, run, method, seed, s, args):
+    """Score the full-space network in <run>/full at step s into <run>/eval: one sampler, one sampling seed."""
+    folder = _folder('full space', method, seed)
+    flags = {'seed': seed, 'eval.folder': folder, 'eval.begin_ckpt': s, 'eval.end_ckpt': s,
+             'eval.level_workdirs': f'("{os.path.join(run, "full")}",)', 'eval.use_subspace': False,
+             **METHODS[method]}
+    done = os.path.exists(os.path.join(run, 'eval', folder, f'step_{s}', 'metrics.json'))
+    steps.run(name, done, '--mode=eval', *_flags(os.path.join(run, 'eval'), args.data_dir, **flags))
+
+
+def _score_bisection(steps, args):
+    """Score every trained bisection run (seed 0, BISECTION_METHODS) and merge its scores into the JSON's bisection."""
+    for name in BISECTION:
+        run = os.path.join(ROOT, 'runs', name)
+        if not _archived(os.path.join(run, 'full'), BISECTION_STEP):
+            print(f'bisection {name}: no network at step {BISECTION_STEP} (see BISECTION), skipped', flush=True)
+            continue
+        share_classifier(os.path.join(run, 'eval'))
+        for m in BISECTION_METHODS:
+            _evaluate(steps, f'eval bisection {name}, {m}', run, m, 0, BISECTION_STEP, args)
+    with open(os.path.join(RESULTS, f'{args.name}.json')) as f:
+        result = json.load(f)
+    result['bisection'] = _bisection(args)
+    save_result(args.name, result)
 
 
 def _finished(w, args, side, s) -> bool:
@@ -168,7 +201,7 @@ def _report(w, args):
             rows.append({'step': s, 'methods': methods, 'flow': flow})
         result['sides'][side] = {'stages': rows, 'wall_s': sum(log_seconds(p) for p in glob.glob(w('logs', '*.log')))}
     result['reference_own_samplers'] = _own_samplers(w)
-    result['bisection'] = _bisection()
+    result['bisection'] = _bisection(args)
     if not any(result['sides'][side]['stages'] for side in SIDES):
         sys.exit('no stage is scored yet: run the control first')
     save_result(args.name, result)
@@ -182,17 +215,22 @@ def _scores(folder) -> dict:
     return {k: metrics[k] for k in METRICS}
 
 
-def _bisection() -> dict:
-    """{variant: what it takes from the reference, and its 2,500-step scores by sampler} of the runs that exist."""
+def _bisection(args) -> dict:
+    """{variant: what it takes from the reference, and its 2,500-step scores by sampler} of the runs scored here, and
+    of those the committed JSON holds from an earlier machine (runs/ gone)."""
+    path = os.path.join(RESULTS, f'{args.name}.json')
     out = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            out = json.load(f).get('bisection', {})
     for name, what in BISECTION.items():
         scores = {}
-        for m in ('pc', 'dpm_solver++ 20'):
-            folder = os.path.join(ROOT, 'runs', name, 'eval', _folder('full space', m, 0), 'step_2500')
+        for m in BISECTION_METHODS:
+            folder = os.path.join(ROOT, 'runs', name, 'eval', _folder('full space', m, 0), f'step_{BISECTION_STEP}')
             if os.path.exists(os.path.join(folder, 'metrics.json')):
                 scores[m] = _scores(folder)
         if scores:
-            out[name] = {'takes from the reference': what, 'step': 2500, 'seed': 0, 'scores': scores}
+            out[name] = {'takes from the reference': what, 'step': BISECTION_STEP, 'seed': 0, 'scores': scores}
     return out
 
 
