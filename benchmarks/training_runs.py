@@ -213,8 +213,8 @@ def _report(root, runs, args, steps):
     if _scored(w, study.spaces, args):  # the study's rate: training seed 42's full-space network
         rates[STUDY_RATE] = {'variants': _variant_scores(w, study, args), 'flow': _flow_summary(w, s),
                              'training seed': 42}
-    order = [STUDY_RATE] + [run.label for run in runs if 'seed' not in run.flags]
-    rates = {label: rates[label] for label in order if label in rates}
+    order = [STUDY_RATE] + [run.label for run in runs if 'seed' not in run.flags]  # then any an earlier call ran
+    rates = {label: rates[label] for label in order + sorted(set(rates) - set(order)) if label in rates}
     seeds = {str(t): seeds[str(t)] for t in TRAINING_SEEDS if str(t) in seeds}
     early = {**before.get('early_stages_training_seed_42', {}),
              **_early_scores(_dir(root, _seed_run(runs, TRAINING_SEEDS[0])), args)}
