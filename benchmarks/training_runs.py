@@ -344,7 +344,8 @@ def _figure(result):
             pts = sorted((float(k.split()[1].rstrip(',')), r['variants'][f'full space, {m}'])
                          for k, r in rates.items() if ('warm-up' in k) == warm)
             if pts:  # the long warm-up: open markers at its rate, off the line of the default warm-up
-                axes[1].errorbar([p[0] for p in pts], [p[1]['mean']['classifier_fd'] for p in pts],
+                shift = 1.05 if warm else 1.0  # beside the default warm-up's marker at the same rate
+                axes[1].errorbar([p[0] * shift for p in pts], [p[1]['mean']['classifier_fd'] for p in pts],
                                  yerr=[p[1]['std']['classifier_fd'] for p in pts], capsize=3, label=label,
                                  fmt=style[0] if warm else style, mfc='none' if warm else None)
     axes[1].set(xscale='log', yscale='log', xlabel='learning rate', ylabel='classifier Frechet distance',
