@@ -122,8 +122,13 @@ def main():
     _report(w, args)
 
 
+def _eval_dir(run, method, seed, s) -> str:
+    """The folder of one full-space evaluation of <run>/full at step s (its metrics.json and samples)."""
+    return os.path.join(run, 'eval', _folder('full space', method, seed), f'step_{s}')
+
+
 def _scored(w, side, method, seed, s) -> bool:
-    return os.path.exists(w(side, 'eval', _folder('full space', method, seed), f'step_{s}', 'metrics.json'))
+    return os.path.exists(os.path.join(_eval_dir(w(side), method, seed, s), 'metrics.json'))
 
 
 def _evaluate(steps, name, run, method, seed, s, args):
@@ -132,7 +137,7 @@ def _evaluate(steps, name, run, method, seed, s, args):
     flags = {'seed': seed, 'eval.folder': folder, 'eval.begin_ckpt': s, 'eval.end_ckpt': s,
              'eval.level_workdirs': f'("{os.path.join(run, "full")}",)', 'eval.use_subspace': False,
              **METHODS[method]}
-    done = os.path.exists(os.path.join(run, 'eval', folder, f'step_{s}', 'metrics.json'))
+    done = os.path.exists(os.path.join(_eval_dir(run, method, seed, s), 'metrics.json'))
     steps.run(name, done, '--mode=eval', *_flags(os.path.join(run, 'eval'), args.data_dir, **flags))
 
 
@@ -187,7 +192,7 @@ def _report(w, args):
         for s in stages:
             methods = {}
             for m in _methods_at(s, args):
-                runs = [{'seed': seed, **_scores(w(side, 'eval', _folder('full space', m, seed), f'step_{s}'))}
+                runs = [{'seed': seed, **_scores(_eval_dir(w(side), m, seed, s))}
                         for seed in _seeds_at(s, args) if _scored(w, side, m, seed, s)]
                 if not runs:
                     continue
@@ -226,7 +231,7 @@ def _bisection(args) -> dict:
     for name, what in BISECTION.items():
         scores = {}
         for m in BISECTION_METHODS:
-            folder = os.path.join(ROOT, 'runs', name, 'eval', _folder('full space', m, 0), f'step_{BISECTION_STEP}')
+            folder = _eval_dir(os.path.join(ROOT, 'runs', name), m, 0, BISECTION_STEP)
             if os.path.exists(os.path.join(folder, 'metrics.json')):
                 scores[m] = _scores(folder)
         if scores:
@@ -327,7 +332,7 @@ def _figures(w, args, result):
     # The latest stage both sides reached, so the panels compare the same training length.
     common = set.intersection(*({r['step'] for r in result['sides'][side]['stages']} for side in SIDES))
     last = {side: next(r for r in result['sides'][side]['stages'] if r['step'] == max(common)) for side in SIDES}
-    sample_panels([w(side, 'eval', _folder('full space', m, args.seeds[0]), f'step_{row["step"]}')
+    sample_panels([_eval_dir(w(side), m, args.seeds[0], row['step'])
                    for m in METHODS for side, row in last.items() if m in row['methods']], count=36, ncol=6, gap=8,
                   scale=2,
                   path=os.path.join(ROOT, 'docs', f'{args.name}_samples.png'))

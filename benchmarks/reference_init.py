@@ -11,8 +11,9 @@ ours: the network our training draws at config.seed (jobs/train.py's init key); 
 the frozen Fourier-feature frequencies W (all_modules.0.W, never trained) taken from the reference's draw;
 ours_with_small_w_raised: ours with every frequency under SMALL_W in magnitude (seed 42's 0.14) moved to the median
 magnitude of its N(0, fourier_scale^2) draw, sign kept: the one change that tests whether the near-zero frequency
-is what costs our seed-42 network its PC quality (docs/results.md, the PC gap). The training that follows is ours: our batches, times and noise at config.seed, so against our own run at that seed
-only the initial weights differ.
+is what costs our seed-42 network its PC quality (docs/results.md, the PC gap). The training that follows is
+ours: our batches, times and noise at config.seed, so against our own run at that seed only the initial weights
+differ.
 """
 import argparse
 import os
@@ -70,10 +71,10 @@ def main():
         params = theirs
     else:
         params = jax.tree.map(np.asarray, exp.networks.init_params(init_key(settings.seed))['level_0'])
-        w = params['all_modules_0']['W']
         if args.init == 'ours_with_reference_w':
             params['all_modules_0']['W'] = theirs['all_modules_0']['W']
         elif args.init == 'ours_with_small_w_raised':
+            w = params['all_modules_0']['W']
             typical = MEDIAN_ABS_NORMAL * settings.network.fourier_scale
             params['all_modules_0']['W'] = np.where(np.abs(w) < SMALL_W, np.where(w < 0, -typical, typical), w)
     print('Fourier W:', np.round(params['all_modules_0']['W'], 2))

@@ -47,15 +47,19 @@ def test_runs_in_the_committed_result_are_carried_and_no_others(tmp_path, monkey
     assert not any(tr._carried(run, tr._committed(_args(tmp_path, step=5000))) for run in runs)
 
 
-def test_the_report_keeps_what_an_earlier_machine_scored(tmp_path, monkeypatch):
-    committed = _committed(tmp_path, monkeypatch)
+def _report(tmp_path, monkeypatch) -> dict:
+    """The result the report would save (nothing written to benchmarks/results, no figure)."""
     written = {}
     monkeypatch.setattr(tr, 'save_result', lambda name, result: written.update(result))
     monkeypatch.setattr(tr, '_figure', lambda result: None)
     args = _args(tmp_path)
-    root = lambda *p: os.path.join(args.workdir, *p)  # noqa: E731
-    runs = tr._runs(args)
-    tr._report(root, runs, args, Steps({}))
+    tr._report(lambda *p: os.path.join(args.workdir, *p), tr._runs(args), args, Steps({}))
+    return written
+
+
+def test_the_report_keeps_what_an_earlier_machine_scored(tmp_path, monkeypatch):
+    committed = _committed(tmp_path, monkeypatch)
+    written = _report(tmp_path, monkeypatch)
     assert list(written['learning_rates']) == ['lr 0.001', 'lr 0.0002']  # the study's rate first
     assert written['learning_rates'] == committed['learning_rates']
     assert written['training_runs'] == committed['training_runs']
@@ -63,13 +67,9 @@ def test_the_report_keeps_what_an_earlier_machine_scored(tmp_path, monkeypatch):
 
 def test_a_run_scored_here_replaces_its_committed_entry(tmp_path, monkeypatch):
     committed = _committed(tmp_path, monkeypatch)
-    written = {}
-    monkeypatch.setattr(tr, 'save_result', lambda name, result: written.update(result))
-    monkeypatch.setattr(tr, '_figure', lambda result: None)
     monkeypatch.setattr(tr, '_scored', lambda w, spaces, args: w().endswith('lr_0.0002'))
     monkeypatch.setattr(tr, '_variant_scores', lambda w, run, args: _entry(7.0)['variants'])
-    args = _args(tmp_path)
-    tr._report(lambda *p: os.path.join(args.workdir, *p), tr._runs(args), args, Steps({}))
+    written = _report(tmp_path, monkeypatch)
     rescored = written['learning_rates']['lr 0.0002']
     assert rescored['variants'] == _entry(7.0)['variants'] and rescored['flags'] == {'optim.lr': 2e-4}
     assert written['learning_rates']['lr 0.001'] == committed['learning_rates']['lr 0.001']
