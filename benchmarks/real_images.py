@@ -1,10 +1,10 @@
 """The paper's claim on real images offline: Fashion-MNIST at CIFAR-10's chain shape (32 -> 16 -> 8 px).
 
-    python benchmarks/real_images.py --data_dir /usr/share/datasets/fashion-mnist   # ~75 min on 2 CPU cores
+    python benchmarks/real_images.py --data_dir /usr/share/datasets/fashion-mnist --steps 5000   # 75 min, 2 CPUs
 
 One resumable command of main.py steps on configs/fashion_mnist.py (each printed as it runs, its log kept in
 <workdir>/logs; rerun the same command to continue after an interruption):
-1. train the full-space 32 px network; choose the cutoffs of the 16 px and 8 px levels with --mode=cutoffs on it
+1. train the full-space 32 px network to --steps; choose the cutoffs of the 16 px and 8 px levels with --mode=cutoffs on it
    (orthogonal Fisher divergence at the default 3e-3);
 2. train the 16 px and 8 px level networks, each on t ~ U(t_k, T) with those cutoffs;
 3. evaluate with --seeds: the PC sampler at the config's steps in full space, the 1-level chain (32 -> 16)
@@ -65,18 +65,20 @@ def main():
     parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
     parser.add_argument('--nfe', type=float, nargs='+', default=[10, 20, 35])
     parser.add_argument('--bpd_examples', type=int, default=32)
+    parser.add_argument('--steps', type=int, default=fashion_mnist.get_config().training.n_iters,
+                        help='training steps of every network (the committed table: 5000)')
     args = parser.parse_args()
     w = lambda *p: os.path.join(args.workdir, *p)  # noqa: E731
     os.makedirs(w('logs'), exist_ok=True)
     config = fashion_mnist.get_config()
-    n = config.training.n_iters
+    n = args.steps
     variants = _variants(args)
     plan = {'train full': 1800, 'cutoffs': 200, 'train level_1': 500, 'train level_2': 300}
     plan.update({f'eval {v[0]}, seed {s}': 120 if v[2] == 'pc' else 40 for v in variants for s in args.seeds})
     steps = Steps(plan, logs=w('logs'))
     configured = config.subspace.cutoffs  # the full-space network and the cutoff analysis do not depend on them
     steps.run('train full', _trained(w('full'), n), '--mode=train',
-              *_flags(w('full'), args.data_dir, 2, configured))
+              *_flags(w('full'), args.data_dir, 2, configured, **{'training.n_iters': n}))
     steps.run('cutoffs', os.path.exists(w('full', 'cutoffs.json')), '--mode=cutoffs',
               *_flags(w('full'), args.data_dir, 2, configured))
     with open(w('full', 'cutoffs.json')) as f:
@@ -86,7 +88,7 @@ def main():
     cutoffs = tuple(round(c, 3) for c in found)
     for name, level in list(NETWORKS.items())[1:]:
         steps.run(f'train {name}', _trained(w(name), n), '--mode=train',
-                  *_flags(w(name), args.data_dir, 2, cutoffs, **{'subspace.train_level': level}))
+                  *_flags(w(name), args.data_dir, 2, cutoffs, **{'training.n_iters': n, 'subspace.train_level': level}))
 
     results = []
     for name, space, method, extra in variants:
@@ -96,6 +98,7 @@ def main():
         for seed in args.seeds:
             metrics_path = w('eval', _folder(name, seed), f'step_{n}', 'metrics.json')
             flags = {'seed': seed, 'eval.folder': _folder(name, seed), 'eval.level_workdirs': workdirs,
+                     'eval.begin_ckpt': n, 'eval.end_ckpt': n,
                      'eval.use_subspace': bool(levels), 'sampling.method': method,
                      'eval.bpd_num_examples': args.bpd_examples, 'eval.bpd_num_repeats': 1, **extra}
             steps.run(f'eval {name}, seed {seed}', os.path.exists(metrics_path), '--mode=eval',

@@ -231,6 +231,9 @@ def _report(root, runs, args, steps):
     save_result('training_runs', result)
     _figure(result)
     print(table(result))
+    if early:
+        with open(os.path.join(ROOT, 'benchmarks', 'results', 'training_length.json')) as f:
+            print('\n' + early_table(result, json.load(f)))
 
 
 def _early_scores(w, args) -> dict:
@@ -310,6 +313,35 @@ def table(result) -> str:
         for v, sc in r['variants'].items():
             lines.append(f"| {rate} | {v.split(', ', 1)[1]} | {fmt(sc, 'classifier_fd', 2)} | "
                          f"{fmt(sc, 'noise_share', 3)} | {restarts} |")
+    return '\n'.join(lines)
+
+
+def early_table(result, study) -> str:
+    """The markdown table of issue 35's rerun: the study's stages at EARLY_STAGES (`study`: training_length.json,
+    trained with the constant-rate EMA) beside training seed 42's networks at those steps (the corrected EMA):
+    classifier FD and noise share at sampling seed 0, then full space's flow (adaptive ODE, restarts)."""
+    early = result['early_stages_training_seed_42']
+    stages = [s for s in EARLY_STAGES if str(s) in early]
+    head = ['variant'] + [f'{s:,} steps: {who}' for s in stages for who in ('the study (constant-rate EMA)', 'rerun')]
+    lines = ['| ' + ' | '.join(head) + ' |', '|' + ' --- |' * len(head)]
+    cell = lambda r: f"{r['classifier_fd']:.2f} / {r['noise_share']:.2f}"  # noqa: E731
+    for v in study['variants']:
+        before = {st['step']: next(r for r in st['runs'] if r['seed'] == 0) for st in v['stages']}
+        lines.append('| ' + ' | '.join([v['variant']] + [cell(x) for s in stages for x in
+                                                         (before[s], early[str(s)]['variants'][v['variant']])]) + ' |')
+    flows = [(study['flow'][str(s)], early[str(s)]['flow']) for s in stages]
+
+    def ode(f):  # the study's flow file whole, the rerun's summarised by _flow_summary
+        return f['trajectories']['full space, adaptive ode']['noise_share'] if 'trajectories' in f \
+            else f['ode_noise_share']
+
+    def restarts(f):
+        return ' / '.join(f"{x['noise_share']:.2f}" for x in f['restarts'] if x['sigma'] in (2, 8, 16))
+
+    lines.append('| full space, adaptive ODE: noise share | ' +
+                 ' | '.join(f'{ode(f):.2f}' for pair in flows for f in pair) + ' |')
+    lines.append('| full space, restarts from sigma 2 / 8 / 16: noise share | ' +
+                 ' | '.join(restarts(f) for pair in flows for f in pair) + ' |')
     return '\n'.join(lines)
 
 

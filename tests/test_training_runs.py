@@ -73,3 +73,27 @@ def test_a_run_scored_here_replaces_its_committed_entry(tmp_path, monkeypatch):
     rescored = written['learning_rates']['lr 0.0002']
     assert rescored['variants'] == _entry(7.0)['variants'] and rescored['flags'] == {'optim.lr': 2e-4}
     assert written['learning_rates']['lr 0.001'] == committed['learning_rates']['lr 0.001']
+
+
+def test_the_early_stage_table_puts_the_study_beside_the_rerun():
+    def flow(ode, restart):
+        return {'restarts': [{'sigma': s, 'noise_share': restart} for s in (1, 2, 8, 16)], 'ode_noise_share': ode}
+
+    names = [f'{space}, {m}' for space in tr.SPACES for m in tr.METHODS]
+    study = {'variants': [{'variant': v, 'stages': [{'step': s, 'runs': [{'seed': 1, 'classifier_fd': -1.0,
+                                                                          'noise_share': -1.0},
+                                                                         {'seed': 0, 'classifier_fd': 80.0 + i,
+                                                                          'noise_share': 1.0}]}
+                                                    for s in tr.EARLY_STAGES]} for i, v in enumerate(names)],
+             'flow': {str(s): {'trajectories': {'full space, adaptive ode': {'noise_share': 0.9}},
+                               'restarts': flow(0, 0.7)['restarts']} for s in tr.EARLY_STAGES}}
+    early = {str(s): {'variants': {v: {'classifier_fd': 5.0 + s / 1000, 'noise_share': 0.25} for v in names},
+                      'flow': flow(0.5, 0.3)} for s in tr.EARLY_STAGES}
+    lines = tr.early_table({'early_stages_training_seed_42': early}, study).splitlines()
+    assert len(lines) == 2 + len(names) + 2
+    assert lines[3] == '| full space, dpm_solver++ 20 | 81.00 / 1.00 | 7.50 / 0.25 | 81.00 / 1.00 | 10.00 / 0.25 |'
+    assert lines[-2] == '| full space, adaptive ODE: noise share | 0.90 | 0.50 | 0.90 | 0.50 |'
+    assert lines[-1].endswith('| 0.70 / 0.70 / 0.70 | 0.30 / 0.30 / 0.30 | 0.70 / 0.70 / 0.70 | 0.30 / 0.30 / 0.30 |')
+    # a stage not rescored yet is left out, not shown empty
+    del early['5000']
+    assert '5,000' not in tr.early_table({'early_stages_training_seed_42': early}, study)
