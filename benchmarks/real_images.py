@@ -12,6 +12,11 @@ One resumable command of main.py steps on configs/fashion_mnist.py (each printed
    DPM-Solver++ at --nfe effective NFE, full space and the 2-level chain. Each evaluation: classifier
    Frechet distance and KID (the CNN of metrics/classifier.py, trained here on the training split), pixel
    Frechet distance, effective NFE and wall time per sample, against the test split.
+A network trained elsewhere with the same flags is the same run (the data order and every key follow the step, and
+training.n_iters only ends the loop): benchmarks/training_runs.py's training seed 42 archives at --steps, copied
+into <workdir>/<network>/checkpoints/archive/ with config_train.json (and samples/ for the figure), are reused,
+and their training wall time is null in the JSON (the level networks' only where the cutoffs found here equal
+the config's, which training_runs.py trains them with).
 Results: benchmarks/results/fashion_mnist.json (per seed, mean and spread, training cost of each network),
 docs/fashion_samples.png (full | 1-level | 2-level, seed 0), docs/fashion_cutoffs.png, docs/fashion_training.png.
 """
@@ -113,8 +118,9 @@ def main():
     training = {}
     for name, level in NETWORKS.items():
         record = json.load(open(w(name, 'config_train.json')))
+        log = steps.log_path(f'train {name}')  # absent for a network copied in from another run (see above)
         training[name] = {'level': level, 'px': 32 // 2 ** level, 'steps': n, 'batch': record['training']['batch_size'],
-                          'wall_s': log_seconds(steps.log_path(f'train {name}'))}
+                          'wall_s': log_seconds(log) if os.path.exists(log) else None}
     _figures(w, args.seeds[0], n)
     save_result('fashion_mnist', {
         'command': 'python benchmarks/real_images.py --data_dir <the Fashion-MNIST IDX folder>',
