@@ -4,8 +4,8 @@
 
 One resumable command of main.py steps on configs/fashion_mnist.py (each printed as it runs, its log kept in
 <workdir>/logs; rerun the same command to continue after an interruption):
-1. train the full-space 32 px network to --steps; choose the cutoffs of the 16 px and 8 px levels with --mode=cutoffs on it
-   (orthogonal Fisher divergence at the default 3e-3);
+1. train the full-space 32 px network to --steps; choose the cutoffs of the 16 px and 8 px levels with
+   --mode=cutoffs on it (orthogonal Fisher divergence at the default 3e-3);
 2. train the 16 px and 8 px level networks, each on t ~ U(t_k, T) with those cutoffs;
 3. evaluate with --seeds: the PC sampler at the config's steps in full space, the 1-level chain (32 -> 16)
    and the 2-level chain (32 -> 16 -> 8), with bits/dim of the first --bpd_examples test images; then Heun and
@@ -123,7 +123,7 @@ def main():
                           'wall_s': log_seconds(log) if os.path.exists(log) else None}
     _figures(w, args.seeds[0], n)
     save_result('fashion_mnist', {
-        'command': 'python benchmarks/real_images.py --data_dir <the Fashion-MNIST IDX folder>',
+        'command': f'python benchmarks/real_images.py --data_dir <the Fashion-MNIST IDX folder> --steps {n}',
         'config': 'configs/fashion_mnist.py', 'n_iters': n, 'seeds': args.seeds, 'cutoffs_at_3e-3': cutoffs,
         'classifier_test_accuracy': accuracy, 'training': training, 'variants': results,
         'wall_s': sum(log_seconds(p) for p in glob.glob(w('logs', '*.log'))),
