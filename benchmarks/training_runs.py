@@ -177,7 +177,11 @@ def _flow_summary(w, s):
     if not os.path.exists(path):
         return None
     with open(path) as f:
-        flow = json.load(f)
+        return _summarise(json.load(f))
+
+
+def _summarise(flow) -> dict:
+    """The summary _flow_summary keeps of a flow diagnosis (benchmarks/flow_failure.py's JSON)."""
     return {'restarts': [{k: r[k] for k in ('sigma', 'noise_share')} for r in flow['restarts']],
             'ode_noise_share': flow['trajectories']['full space, adaptive ode']['noise_share'],
             'ema_dsm_loss': flow['ema_dsm_loss']['0'], 'samples': flow['samples']}
@@ -308,8 +312,7 @@ def table(result) -> str:
               '| --- | --- | --- | --- | --- |']
     for rate, r in result['learning_rates'].items():
         flow = r['flow']
-        restarts = ' / '.join(f"{x['noise_share']:.2f}" for x in flow['restarts'] if x['sigma'] in (2, 8, 16)) \
-            if flow else 'not run'
+        restarts = _restarts_cell(flow) if flow else 'not run'
         for v, sc in r['variants'].items():
             lines.append(f"| {rate} | {v.split(', ', 1)[1]} | {fmt(sc, 'classifier_fd', 2)} | "
                          f"{fmt(sc, 'noise_share', 3)} | {restarts} |")
@@ -329,20 +332,17 @@ def early_table(result, study) -> str:
         before = {st['step']: next(r for r in st['runs'] if r['seed'] == 0) for st in v['stages']}
         lines.append('| ' + ' | '.join([v['variant']] + [cell(x) for s in stages for x in
                                                          (before[s], early[str(s)]['variants'][v['variant']])]) + ' |')
-    flows = [(study['flow'][str(s)], early[str(s)]['flow']) for s in stages]
-
-    def ode(f):  # the study's flow file whole, the rerun's summarised by _flow_summary
-        return f['trajectories']['full space, adaptive ode']['noise_share'] if 'trajectories' in f \
-            else f['ode_noise_share']
-
-    def restarts(f):
-        return ' / '.join(f"{x['noise_share']:.2f}" for x in f['restarts'] if x['sigma'] in (2, 8, 16))
-
+    flows = [f for s in stages for f in (_summarise(study['flow'][str(s)]), early[str(s)]['flow'])]
     lines.append('| full space, adaptive ODE: noise share | ' +
-                 ' | '.join(f'{ode(f):.2f}' for pair in flows for f in pair) + ' |')
+                 ' | '.join(f"{f['ode_noise_share']:.2f}" for f in flows) + ' |')
     lines.append('| full space, restarts from sigma 2 / 8 / 16: noise share | ' +
-                 ' | '.join(restarts(f) for pair in flows for f in pair) + ' |')
+                 ' | '.join(map(_restarts_cell, flows)) + ' |')
     return '\n'.join(lines)
+
+
+def _restarts_cell(flow) -> str:
+    """'a / b / c': the noise share after restarts from sigma 2, 8 and 16 of a flow summary."""
+    return ' / '.join(f"{x['noise_share']:.2f}" for x in flow['restarts'] if x['sigma'] in (2, 8, 16))
 
 
 def _figure(result):

@@ -86,7 +86,8 @@ def test_the_early_stage_table_puts_the_study_beside_the_rerun():
                                                                           'noise_share': 1.0}]}
                                                     for s in tr.EARLY_STAGES]} for i, v in enumerate(names)],
              'flow': {str(s): {'trajectories': {'full space, adaptive ode': {'noise_share': 0.9}},
-                               'restarts': flow(0, 0.7)['restarts']} for s in tr.EARLY_STAGES}}
+                               'restarts': flow(0, 0.7)['restarts'], 'ema_dsm_loss': {'0': 40.0}, 'samples': 64}
+                      for s in tr.EARLY_STAGES}}
     early = {str(s): {'variants': {v: {'classifier_fd': 5.0 + s / 1000, 'noise_share': 0.25} for v in names},
                       'flow': flow(0.5, 0.3)} for s in tr.EARLY_STAGES}
     lines = tr.early_table({'early_stages_training_seed_42': early}, study).splitlines()
