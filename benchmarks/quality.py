@@ -26,7 +26,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from results import save_result  # noqa: E402
-from steps import Steps, over_seeds, read_metrics, sample_panels  # noqa: E402
+from steps import Steps, archived, over_seeds, read_metrics, sample_panels  # noqa: E402
 
 CONFIG = os.path.join(ROOT, 'configs', 'quality_digits.py')
 KINDS = ('pooling', 'patch_pca', 'pca')
@@ -52,10 +52,6 @@ def _eval_dir(variant):
     return 'eval_' + variant.replace(' ', '_').replace(',', '')
 
 
-def _trained(workdir, n_iters):
-    return os.path.isdir(os.path.join(workdir, 'checkpoints', 'archive', str(n_iters)))
-
-
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument('--workdir', default=os.path.join(ROOT, 'runs', 'quality'))
@@ -74,7 +70,7 @@ def main():
     n = args.n_iters
     common = {'training.n_iters': n, 'training.snapshot_freq': n}
 
-    steps.run('train full', _trained(w('full'), n), '--mode=train',
+    steps.run('train full', archived(w('full'), n), '--mode=train',
               *_flags(w('full'), 'pooling', 2, placeholder, **common, **{'subspace.train_level': 0}))
     cutoffs = {}
     for kind in KINDS:
@@ -92,9 +88,9 @@ def main():
     for kind in KINDS:
         for level in (1, 2):
             name = f'{kind}_{level}'
-            steps.run(f'train {name}', _trained(w(name), n), '--mode=train',
+            steps.run(f'train {name}', archived(w(name), n), '--mode=train',
                       *_flags(w(name), kind, 2, cutoffs[kind], **common, **{'subspace.train_level': level}))
-    steps.run('train shared', _trained(w('shared'), n), '--mode=train',
+    steps.run('train shared', archived(w('shared'), n), '--mode=train',
               *_flags(w('shared'), 'pooling', 2, cutoffs['pooling'], **common,
                       **{'subspace.train_level': -1, 'subspace.shared_params': True}))
 

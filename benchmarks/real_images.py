@@ -31,7 +31,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from configs import fashion_mnist  # noqa: E402
 from results import save_result  # noqa: E402
-from steps import Steps, log_seconds, over_seeds, read_metrics, sample_panels  # noqa: E402
+from steps import Steps, archived, log_seconds, over_seeds, read_metrics, sample_panels  # noqa: E402
 
 CONFIG = os.path.join(ROOT, 'configs', 'fashion_mnist.py')
 METRICS = ('classifier_fd', 'classifier_kid', 'pixel_fd', 'nfe_per_sample', 's_per_sample')
@@ -48,10 +48,6 @@ def _flags(workdir, data_dir, levels, cutoffs, **extra):
 def _folder(variant: str, seed: int) -> str:
     """The eval.folder of one variant's evaluation at one seed."""
     return f'{variant.replace(", ", "_").replace(" ", "_")}_seed{seed}'
-
-
-def _trained(workdir, n_iters):
-    return os.path.isdir(os.path.join(workdir, 'checkpoints', 'archive', str(n_iters)))
 
 
 def _variants(args):
@@ -82,7 +78,7 @@ def main():
     plan.update({f'eval {v[0]}, seed {s}': 120 if v[2] == 'pc' else 40 for v in variants for s in args.seeds})
     steps = Steps(plan, logs=w('logs'))
     configured = config.subspace.cutoffs  # the full-space network and the cutoff analysis do not depend on them
-    steps.run('train full', _trained(w('full'), n), '--mode=train',
+    steps.run('train full', archived(w('full'), n), '--mode=train',
               *_flags(w('full'), args.data_dir, 2, configured, **{'training.n_iters': n}))
     steps.run('cutoffs', os.path.exists(w('full', 'cutoffs.json')), '--mode=cutoffs',
               *_flags(w('full'), args.data_dir, 2, configured))
@@ -92,7 +88,7 @@ def main():
         sys.exit(f'a level has no cutoff at the threshold ({found}): train the full-space model longer')
     cutoffs = tuple(round(c, 3) for c in found)
     for name, level in list(NETWORKS.items())[1:]:
-        steps.run(f'train {name}', _trained(w(name), n), '--mode=train',
+        steps.run(f'train {name}', archived(w(name), n), '--mode=train',
                   *_flags(w(name), args.data_dir, 2, cutoffs, **{'training.n_iters': n, 'subspace.train_level': level}))
 
     results = []

@@ -31,10 +31,10 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, 'tests'))
 from configs import fashion_mnist  # noqa: E402
 from results import RESULTS, save_result  # noqa: E402
-from steps import Steps, log_seconds, over_seeds, read_metrics, sample_panels, share_classifier  # noqa: E402
+from steps import Steps, archived, log_seconds, over_seeds, read_metrics, sample_panels, share_classifier  # noqa: E402
 from tensorboard_events import scalars  # noqa: E402
 from training_length import METRICS, _folder, _seeds_at, cell, noise_share  # noqa: E402
-from training_length import _flags as _study_flags, _trained as _archived  # noqa: E402
+from training_length import _flags as _study_flags  # noqa: E402
 
 SIDES = ('ours', 'reference')
 METHODS = {'pc': {}, 'dpm_solver++ 20': {'sampling.method': 'dpm_solver++', 'sampling.nfe_budget': 20.0},
@@ -104,10 +104,10 @@ def main():
     for s in args.stages:
         archive = os.path.join(args.reference_run, 'archive', f'checkpoint_{s}.pth')
         if os.path.exists(archive):
-            steps.run(f'import the reference at {s}', _archived(w('reference', 'full'), s), '--mode=import',
+            steps.run(f'import the reference at {s}', archived(w('reference', 'full'), s), '--mode=import',
                       *_flags(w('reference', 'full'), args.data_dir), f'--import_from={archive}', '--import_level=0')
         for side in SIDES:
-            if not _archived(w(side, 'full'), s):
+            if not archived(w(side, 'full'), s):
                 print(f'{side}: no network at step {s} yet (train or import it, then rerun)', flush=True)
                 continue
             share_classifier(w(side, 'eval'))
@@ -145,7 +145,7 @@ def _score_bisection(steps, args):
     """Score every trained bisection run (seed 0, BISECTION_METHODS) and merge its scores into the JSON's bisection."""
     for name in BISECTION:
         run = os.path.join(ROOT, 'runs', name)
-        if not _archived(os.path.join(run, 'full'), BISECTION_STEP):
+        if not archived(os.path.join(run, 'full'), BISECTION_STEP):
             print(f'bisection {name}: no network at step {BISECTION_STEP} (see BISECTION), skipped', flush=True)
             continue
         share_classifier(os.path.join(run, 'eval'))

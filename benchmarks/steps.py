@@ -24,6 +24,11 @@ from subspace_diffusion.run.progress import fmt_duration  # noqa: E402
 SHIPPED = os.path.join(ROOT, 'pretrained', 'fashion_mnist')
 
 
+def archived(workdir, step: int) -> bool:
+    """Whether a training run in `workdir` has archived its checkpoint of `step` (checkpoints/archive/<step>)."""
+    return os.path.isdir(os.path.join(workdir, 'checkpoints', 'archive', str(step)))
+
+
 def share_classifier(eval_dir):
     """Start the evaluation workdir <runs>/<run>/eval with the metric classifier the shipped model or a sibling run's
     evaluation already has (the same training images, the same hash): every run is scored in one classifier's

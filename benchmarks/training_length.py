@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.join(ROOT, 'tests'))
 from configs import fashion_mnist  # noqa: E402
 from noise_fraction import THRESHOLD, folder_samples, roughness  # noqa: E402
 from results import save_result  # noqa: E402
-from steps import Steps, eval_folder, log_seconds, over_seeds, read_metrics, sample_panels  # noqa: E402
+from steps import Steps, archived, eval_folder, log_seconds, over_seeds, read_metrics, sample_panels  # noqa: E402
 from tensorboard_events import scalars  # noqa: E402
 
 CONFIG = os.path.join(ROOT, 'configs', 'fashion_mnist.py')
@@ -42,10 +42,6 @@ METRICS = ('classifier_fd', 'classifier_kid', 'pixel_fd', 'noise_share', 'nfe_pe
 STEPS_PER_S = {'full': 2.0, 'level_1': 8.0, 'level_2': 18.0}
 EVAL_S = {'pc': 400, 'dpm_solver++ 20': 120}
 FLOW_S = 900
-
-
-def _trained(workdir, step):
-    return os.path.isdir(os.path.join(workdir, 'checkpoints', 'archive', str(step)))
 
 
 def _flags(workdir, data_dir, **extra):
@@ -104,7 +100,7 @@ def main():
 def train(steps, w, data_dir, s, networks=tuple(NETWORKS), label='', **extra):
     """Train each of `networks` (NETWORKS' names) in w(name) to step s, archived there; `extra` config flags."""
     for name in networks:
-        steps.run(f'train {label}{name} to {s}', _trained(w(name), s), '--mode=train',
+        steps.run(f'train {label}{name} to {s}', archived(w(name), s), '--mode=train',
                   *_flags(w(name), data_dir, **{'training.n_iters': s, 'subspace.train_level': NETWORKS[name],
                                                 **extra}))
 
