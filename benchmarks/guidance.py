@@ -30,7 +30,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from configs import fashion_mnist  # noqa: E402
 from results import save_result  # noqa: E402
-from steps import Steps, eval_folder, joined, log_seconds, over_seeds, read_metrics, save_enlarged  # noqa: E402
+from steps import (Steps, archived, eval_folder, joined, log_seconds, over_seeds, read_metrics, save_enlarged,  # noqa: E402
+                   share_classifier)
 from training_length import NETWORKS, STEPS_PER_S, cell, noise_share  # noqa: E402  (the study's networks, conditioned here)
 
 CONFIG = os.path.join(ROOT, 'configs', 'fashion_mnist.py')
@@ -100,10 +101,11 @@ def main():
                  for space in SPACES for g in args.guidance for seed in args.seeds})
     steps = Steps(plan, logs=w('logs'))
     for name, level in NETWORKS.items():
-        steps.run(f'train {name}', os.path.isdir(w(name, 'checkpoints', 'archive', str(args.steps))), '--mode=train',
+        steps.run(f'train {name}', archived(w(name), args.steps), '--mode=train',
                   *_flags(w(name), args, **{'training.n_iters': args.steps, 'subspace.train_level': level}))
     level_dirs = '(' + ','.join(f'"{w(d)}"' for d in NETWORKS) + ',)'
     cutoffs = fashion_mnist.get_config().subspace.cutoffs
+    share_classifier(w('eval'))
     for space, (levels, per_class) in SPACES.items():
         for g in args.guidance:
             for seed in args.seeds:

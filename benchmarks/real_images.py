@@ -31,7 +31,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from configs import fashion_mnist  # noqa: E402
 from results import save_result  # noqa: E402
-from steps import Steps, archived, log_seconds, over_seeds, read_metrics, sample_panels  # noqa: E402
+from steps import Steps, archived, log_seconds, over_seeds, read_metrics, sample_panels, share_classifier  # noqa: E402
 
 CONFIG = os.path.join(ROOT, 'configs', 'fashion_mnist.py')
 METRICS = ('classifier_fd', 'classifier_kid', 'pixel_fd', 'nfe_per_sample', 's_per_sample')
@@ -91,6 +91,7 @@ def main():
         steps.run(f'train {name}', archived(w(name), n), '--mode=train',
                   *_flags(w(name), args.data_dir, 2, cutoffs, **{'training.n_iters': n, 'subspace.train_level': level}))
 
+    share_classifier(w('eval'))
     results = []
     for name, space, method, extra in variants:
         levels = SPACES[space]
